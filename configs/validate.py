@@ -1,0 +1,144 @@
+"""Checks a typed config for what its types cannot say: choices, ranges and cross-section divisibility.
+
+Every message names the dotted key and says what is allowed, so the user can fix the YAML or override.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from .schema import NucleotronConfig
+
+MAX_GENGRAM_ORDER = 6  # 5**6 = 15,625 table rows; the spec defines orders 1..6
+
+CHOICES = {
+    "model.attention": ("standard", "mla"),
+    "model.attention_backend": ("auto", "flash", "sdpa", "local"),
+    "model.recompute": ("none", "selective", "full"),
+    "model.moe.dispatcher": ("alltoall", "allgather"),
+    "model.gengram.init": ("reference", "engram"),
+    "train.precision": ("bf16", "fp32"),
+    "logging.wandb_mode": ("online", "offline"),
+}
+
+POSITIVE_INTS = (
+    "run.seed", "data.seq_len", "model.num_layers", "model.hidden_size", "model.num_attention_heads",
+    "model.ffn_hidden_size", "model.vocab_size", "model.gengram.table_dim", "model.gengram.conv_kernel",
+    "parallel.tensor", "parallel.pipeline", "parallel.expert", "parallel.context",
+    "train.micro_batch_size", "train.global_batch_size", "train.log_every", "train.eval_every",
+    "train.eval_steps", "checkpoint.every", "checkpoint.keep",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what is allowed."""
+
+
+def _get(cfg: NucleotronConfig, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def config_problems(cfg: NucleotronConfig) -> List[str]:
+    """All problems found, each one line naming the key; empty when the config is usable."""
+    problems: List[str] = []
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            problems.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE_INTS:
+        value = _get(cfg, key)
+        if value < 1:
+            problems.append(f"{key}={value} must be a positive integer")
+    if problems:  # the divisibility checks below assume positive sizes
+        return problems
+
+    m, p = cfg.model, cfg.parallel
+    groups = m.num_query_groups if m.num_query_groups is not None else m.num_attention_heads
+    if groups < 1 or m.num_attention_heads % groups:
+        problems.append(
+            f"model.num_query_groups={m.num_query_groups} must divide model.num_attention_heads="
+            f"{m.num_attention_heads} (null for MHA)")
+    if m.kv_channels is None and m.attention == "standard" and m.hidden_size % m.num_attention_heads:
+        problems.append(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+            f"{m.num_attention_heads}; change one, or set model.kv_channels (the head dim)")
+    if m.num_attention_heads % p.tensor:
+        problems.append(
+            f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tensor={p.tensor}; "
+            f"use a tensor-parallel size that divides the head count")
+    elif m.attention == "standard" and groups % p.tensor:
+        problems.append(
+            f"model.num_query_groups={groups} is not divisible by parallel.tensor={p.tensor}")
+    if m.ffn_hidden_size % p.tensor:
+        problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tensor={p.tensor}")
+    if m.num_layers % p.pipeline:
+        problems.append(
+            f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={p.pipeline}")
+    if p.context > 1 and cfg.data.seq_len % (2 * p.context):
+        problems.append(
+            f"data.seq_len={cfg.data.seq_len} is not divisible by 2*parallel.context={2 * p.context} "
+            f"(context parallel splits each sequence into 2*CP chunks)")
+    if p.sequence_parallel and p.tensor == 1:
+        problems.append("parallel.sequence_parallel=true needs parallel.tensor > 1")
+
+    moe = m.moe
+    if moe.num_experts < 0:
+        problems.append(f"model.moe.num_experts={moe.num_experts} must be 0 (dense) or positive")
+    elif moe.num_experts > 0:
+        if not 1 <= moe.top_k <= moe.num_experts:
+            problems.append(f"model.moe.top_k={moe.top_k} must be between 1 and model.moe.num_experts={moe.num_experts}")
+        if moe.num_experts % p.expert:
+            problems.append(
+                f"model.moe.num_experts={moe.num_experts} is not divisible by parallel.expert={p.expert}")
+        if moe.ffn_hidden_size is not None and moe.ffn_hidden_size < 1:
+            problems.append(f"model.moe.ffn_hidden_size={moe.ffn_hidden_size} must be positive (or null)")
+    elif p.expert > 1:
+        problems.append(f"parallel.expert={p.expert} needs a MoE model (model.moe.num_experts > 0)")
+
+    g = m.gengram
+    bad_layers = [x for x in g.layers if not 1 <= x <= m.num_layers]
+    if bad_layers:
+        problems.append(
+            f"model.gengram.layers has {bad_layers}: layers are 1-based and must lie in 1..{m.num_layers}")
+    if len(set(g.layers)) != len(g.layers):
+        problems.append(f"model.gengram.layers={list(g.layers)} repeats a layer")
+    if not g.orders or any(not 1 <= n <= MAX_GENGRAM_ORDER for n in g.orders) or len(set(g.orders)) != len(g.orders):
+        problems.append(
+            f"model.gengram.orders={list(g.orders)} must be distinct k-mer orders in 1..{MAX_GENGRAM_ORDER}")
+    if g.window is not None and g.window < 1:
+        problems.append(f"model.gengram.window={g.window} must be >= 1, or null for no-window mode")
+    if g.conv_dilation is not None and g.conv_dilation < 1:
+        problems.append(f"model.gengram.conv_dilation={g.conv_dilation} must be >= 1, or null for max(orders)")
+    if g.table_lr_mult <= 0:
+        problems.append(f"model.gengram.table_lr_mult={g.table_lr_mult} must be positive")
+
+    t = cfg.train
+    if t.global_batch_size % t.micro_batch_size:
+        problems.append(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
+            f"{t.micro_batch_size}")
+    for key in ("train.max_steps", "train.max_tokens"):
+        value = _get(cfg, key)
+        if value is not None and value < 1:
+            problems.append(f"{key}={value} must be positive (or null)")
+    s = cfg.schedule
+    if not (0 <= s.warmup_fraction <= 1 and 0 <= s.decay_fraction <= 1 and s.warmup_fraction + s.decay_fraction <= 1):
+        problems.append(
+            f"schedule.warmup_fraction={s.warmup_fraction} and schedule.decay_fraction={s.decay_fraction} "
+            f"must lie in [0, 1] and add up to at most 1")
+    o = cfg.optim
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        problems.append(f"optim.lr={o.lr} and optim.min_lr={o.min_lr} need 0 <= min_lr <= lr and lr > 0")
+    if o.clip_grad < 0:
+        problems.append(f"optim.clip_grad={o.clip_grad} must be >= 0 (0 disables clipping)")
+    return problems
+
+
+def validate(cfg: NucleotronConfig, source: str = "config") -> NucleotronConfig:
+    """Raise ConfigError listing every problem, prefixed with where the config came from."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg

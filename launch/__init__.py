@@ -1,0 +1,1 @@
+"""How runs start: the `nucleotron` command dispatcher, Slurm and torchrun launchers, sweeps."""

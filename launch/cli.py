@@ -1,0 +1,41 @@
+"""The `nucleotron` console script: a thin dispatcher that imports a subcommand's module only when it runs.
+
+Startup stays well under a second because torch, megatron-core and Triton are imported by the subcommand, not here.
+Each subcommand module exposes `main(argv) -> int` and parses its own arguments.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> (module with main(argv), one-line help). Commands appear here once they work.
+COMMANDS = {
+    "model": ("nucleotron.model.cli", "inspect a model config: architecture and total/active parameter counts"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: nucleotron <command> [args...]", "", "Pretrain single-nucleotide DNA language models "
+             "with Gengram layers on megatron-core.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'nucleotron <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"nucleotron: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

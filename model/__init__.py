@@ -1,0 +1,1 @@
+"""configs -> megatron-core specs; the Gengram module; attention backend choice; parameter and FLOP counting."""
