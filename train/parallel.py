@@ -1,0 +1,45 @@
+"""Process groups and megatron-core's parallel state: NCCL on GPUs, gloo (with CPU-mode patches) without them."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from nucleotron.configs import ParallelConfig
+
+from .cpu_mode import apply_cpu_patches
+
+
+def init_distributed(parallel: ParallelConfig, seed: int) -> None:
+    """Start torch.distributed from torchrun's env (or as a single process) and set up TP/PP/EP/CP groups."""
+    cpu = apply_cpu_patches()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        if not cpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=10))
+    world = dist.get_world_size()
+    model_parallel = parallel.tensor * parallel.pipeline * parallel.context
+    if world % model_parallel:
+        raise ValueError(
+            f"world size {world} is not divisible by parallel.tensor*parallel.pipeline*parallel.context="
+            f"{model_parallel}; launch a multiple of {model_parallel} processes")
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor,
+        pipeline_model_parallel_size=parallel.pipeline,
+        context_parallel_size=parallel.context,
+        expert_model_parallel_size=parallel.expert,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_distributed() -> None:
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
