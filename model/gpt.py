@@ -6,17 +6,21 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
 from nucleotron.configs import NucleotronConfig
 
+from .attention import core_attention_class
 from .transformer_config import transformer_config
 
 
 def layer_spec(cfg: NucleotronConfig):
-    """megatron-core's local (no TransformerEngine) layer spec for this config."""
+    """megatron-core's local (no TransformerEngine) layer spec, with the configured core-attention backend."""
     model = cfg.model
-    return get_gpt_layer_local_spec(
+    spec = get_gpt_layer_local_spec(
         num_experts=model.moe.num_experts or None,
         multi_latent_attention=model.attention == "mla",
+        qk_layernorm=model.attention == "mla",  # MLA's latent RMSNorms (q and kv down-projections); none for MHA/GQA
         normalization="RMSNorm",
     )
+    spec.submodules.self_attention.submodules.core_attention = core_attention_class(model.attention_backend)
+    return spec
 
 
 def build_gpt_model(cfg: NucleotronConfig, pre_process: bool = True, post_process: bool = True) -> GPTModel:

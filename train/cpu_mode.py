@@ -149,6 +149,11 @@ def apply_cpu_patches() -> bool:
     tp_random._set_cuda_rng_state = set_cuda_rng_state_on_cpu
     # Without TransformerEngine the name is never bound, and the router's gemm raises NameError (megatron bug).
     moe_utils.te_general_gemm = None
+    # Without TransformerEngine megatron binds TELinear to a MagicMock placeholder, and MLA's
+    # `isinstance(self.linear_proj, TELinear)` raises TypeError; a class nothing is an instance of keeps it False.
+    from megatron.core.transformer import multi_latent_attention
+    if not isinstance(multi_latent_attention.TELinear, type):
+        multi_latent_attention.TELinear = type("TELinearAbsent", (), {})
     # gloo's all_to_all_single takes list/numpy split sizes; CPU tensors would stay tensors.
     moe_utils.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
     token_dispatcher.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
