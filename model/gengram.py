@@ -1,0 +1,113 @@
+"""The Gengram module (shared/spec/gengram.md section 3): windowed k-mer memory, scalar gate, short conv.
+
+h [s, b, H] (Megatron layout) and input_ids [b, s] in; the new residual h + y out, where
+    m = concat_n windowed mean of k-mer table rows      (nucleotron.kernels, fp32 accumulation)
+    alpha = sigmoid(signed_sqrt(<RMSNorm_q(h), RMSNorm_k(W_K m)> / sqrt(H)))
+    u = alpha * W_V m;  y = u + SiLU(causal dilated depthwise conv(u)).
+The output at t depends on tokens t-(W-1)-(k-1)*dilation .. t only (t-38..t with the defaults).
+
+Optimizer hooks: every k-mer table is an nn.Parameter carrying
+    param.gengram_table = True
+    param.lr_mult = cfg.table_lr_mult
+    param.no_weight_decay = not cfg.table_weight_decay
+so the optimizer can put the tables in their own parameter group.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nucleotron.configs import GengramConfig
+from nucleotron.kernels import document_starts, kmer_window_mean
+
+SYMBOLS = ("A", "C", "G", "T", "N")  # codes 0..4, the table layout of the released checkpoints
+RMSNORM_EPS = 1e-5
+GATE_FLOOR = 1e-6  # signed sqrt: sign(g) * sqrt(max(|g|, GATE_FLOOR))
+
+
+def symbol_codes_from_vocab(vocab: Dict[str, int], vocab_size: int) -> torch.LongTensor:
+    """[vocab_size] int64: 0..4 for the ids of A, C, G, T, N, -1 for every other token (EOD, PAD, ...).
+
+    `vocab` is the tokenizer's token -> id map (the pack manifest's vocabulary). N may be absent.
+    """
+    missing = [s for s in SYMBOLS[:4] if s not in vocab]
+    if missing:
+        raise ValueError(f"the vocabulary has no token for {missing}: Gengram needs ids for A, C, G and T")
+    codes = torch.full((vocab_size,), -1, dtype=torch.long)
+    for code, symbol in enumerate(SYMBOLS):
+        if symbol not in vocab:
+            continue
+        token_id = vocab[symbol]
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(f"token {symbol!r} has id {token_id}, outside the vocabulary of size {vocab_size}")
+        codes[token_id] = code
+    return codes
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise Conv1d over the sequence, left-padded so position t sees t, t-dilation, ..., no bias."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.left_pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, C] -> [s, b, C]
+        x = F.pad(x.permute(1, 2, 0), (self.left_pad, 0))
+        return self.conv(x).permute(2, 0, 1)
+
+
+class Gengram(nn.Module):
+    """One active Gengram layer: returns hidden + y. `last_gate_mean` holds the mean gate of the last forward."""
+
+    def __init__(self, cfg: GengramConfig, hidden_size: int, symbol_codes: torch.Tensor,
+                 eod_id: Optional[int] = None, init_std: float = 0.01):
+        """symbol_codes: see symbol_codes_from_vocab. eod_id: needed when cfg.reset_window_at_eod.
+        init_std: table std of the 'engram' init (the 'reference' init uses N(0, 1) as the released code)."""
+        super().__init__()
+        if cfg.reset_window_at_eod and eod_id is None:
+            raise ValueError("reset_window_at_eod needs the EOD token id (eod_id)")
+        if cfg.init not in ("reference", "engram"):
+            raise ValueError(f"unknown Gengram init {cfg.init!r}: expected 'reference' or 'engram'")
+        self.orders = tuple(cfg.orders)
+        self.window = cfg.window
+        self.eod_id = eod_id if cfg.reset_window_at_eod else None
+        self.register_buffer("symbol_codes", symbol_codes.to(torch.long), persistent=False)
+        d, features = cfg.table_dim, len(cfg.orders) * cfg.table_dim
+
+        self.tables = nn.ParameterList([nn.Parameter(torch.empty(5 ** n, d)) for n in self.orders])
+        self.key_proj = nn.Linear(features, hidden_size, bias=False)
+        self.value_proj = nn.Linear(features, hidden_size, bias=False)
+        self.norm_q = nn.RMSNorm(hidden_size, eps=RMSNORM_EPS)
+        self.norm_k = nn.RMSNorm(hidden_size, eps=RMSNORM_EPS)
+        dilation = cfg.conv_dilation or max(cfg.orders)
+        self.short_conv = CausalDepthwiseConv(hidden_size, cfg.conv_kernel, dilation)
+
+        for table in self.tables:
+            nn.init.normal_(table, std=1.0 if cfg.init == "reference" else init_std)
+            table.gengram_table = True
+            table.lr_mult = cfg.table_lr_mult
+            table.no_weight_decay = not cfg.table_weight_decay
+        if cfg.init == "engram":  # the short conv starts at zero: y = u at step 0
+            nn.init.zeros_(self.short_conv.conv.weight)
+        self.last_gate_mean: Optional[torch.Tensor] = None
+
+    def features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """m [b, s, len(orders) * d]: the windowed k-mer means (reset at EOD if configured)."""
+        doc_start = document_starts(input_ids, self.eod_id) if self.eod_id is not None else None
+        return kmer_window_mean(input_ids, list(self.tables), self.symbol_codes, self.window,
+                                orders=self.orders, doc_start=doc_start)
+
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        memory = self.features(input_ids).transpose(0, 1).to(hidden.dtype)  # [s, b, F]
+        key, value = self.key_proj(memory), self.value_proj(memory)
+        gate = (self.norm_q(hidden) * self.norm_k(key)).sum(dim=-1, keepdim=True) / math.sqrt(hidden.shape[-1])
+        gate = torch.sign(gate) * torch.sqrt(gate.abs().clamp(min=GATE_FLOOR))
+        alpha = torch.sigmoid(gate)
+        self.last_gate_mean = alpha.detach().float().mean()
+        u = alpha * value
+        return hidden + u + F.silu(self.short_conv(u))
