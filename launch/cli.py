@@ -12,6 +12,7 @@ from typing import List, Optional
 # name -> (module with main(argv), one-line help). Commands appear here once they work.
 COMMANDS = {
     "model": ("nucleotron.model.cli", "inspect a model config: architecture and total/active parameter counts"),
+    "data": ("nucleotron.data_prep.cli", "DNA FASTA -> token packs: fetch, prep, stats, export-hf"),
 }
 
 

@@ -1,0 +1,86 @@
+"""`nucleotron data {fetch,prep,stats,export-hf}`: argument parsing only; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .errors import DataPrepError
+
+
+def _csv(value: str) -> List[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nucleotron data", description="DNA FASTA -> token packs for training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fetch = sub.add_parser("fetch", help="download the FASTA files of a source manifest (resumable, verified)")
+    fetch.add_argument("manifest", help="source manifest TSV, e.g. configs/data/grch38_t2t.tsv")
+    fetch.add_argument("--out", required=True, help="download folder; also gets sources.tsv for `data prep`")
+    fetch.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
+    fetch.add_argument("--retries", type=int, default=5, help="attempts per file, resuming each time (default 5)")
+    fetch.add_argument("--only", type=_csv, default=None, help="comma-separated assembly names to fetch")
+
+    prep = sub.add_parser("prep", help="FASTA -> .bin/.idx packs per group and split, with manifest.json")
+    prep.add_argument("--sources", required=True, help="TSV with columns path, group, assembly "
+                                                       "[, species, annotation, chrom_map]")
+    prep.add_argument("--seq-len", type=int, required=True, help="fragment length in bases (8192, 32768, ...)")
+    prep.add_argument("--out", required=True, help="pack directory to create")
+    prep.add_argument("--min-len", type=int, default=None,
+                      help="keep a segment's tail shorter than seq-len if it has >= this many bases "
+                           "(default seq-len/4)")
+    prep.add_argument("--split-n-run", type=int, default=100, help="N runs this long split a contig (default 100)")
+    prep.add_argument("--max-n-fraction", type=float, default=0.1,
+                      help="drop fragments with a larger fraction of N (default 0.1)")
+    prep.add_argument("--rc-probability", type=float, default=0.0,
+                      help="probability of reverse-complementing a fragment (0 = forward only; paper 32k: 0.56)")
+    prep.add_argument("--seed", type=int, default=1234, help="strand seed (default 1234)")
+    prep.add_argument("--gene-window", type=int, default=None,
+                      help="keep only fragments within this many bp of a gene of the source's annotation "
+                           "(paper 8k: 5120); off when omitted")
+    prep.add_argument("--valid-chroms", type=_csv, default=[], help="e.g. chr20")
+    prep.add_argument("--test-chroms", type=_csv, default=[], help="e.g. chr21,chr22")
+    prep.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    prep.add_argument("--work-dir", default=None, help="resumable work files (default OUT.work)")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomic swap)")
+    prep.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    stats = sub.add_parser("stats", help="tokens, mix, N fraction and GC content of a pack")
+    stats.add_argument("dir", help="pack directory")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    export = sub.add_parser("export-hf", help="write a pack as a Hugging Face datasets Parquet dataset")
+    export.add_argument("dir", help="pack directory")
+    export.add_argument("out", help="output folder (must not exist)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            from .fetch import fetch_manifest
+            fetch_manifest(args.manifest, args.out, jobs=args.jobs, retries=args.retries, only=args.only)
+        elif args.command == "prep":
+            from .prep import PrepOptions, run_prep
+            run_prep(PrepOptions(
+                sources=args.sources, seq_len=args.seq_len, out=args.out, min_len=args.min_len,
+                n_run=args.split_n_run, max_n_fraction=args.max_n_fraction, rc_probability=args.rc_probability,
+                seed=args.seed, gene_window=args.gene_window, valid_chroms=args.valid_chroms,
+                test_chroms=args.test_chroms, workers=args.workers, work_dir=args.work_dir,
+                overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.no_progress))
+        elif args.command == "stats":
+            from .stats import format_stats, pack_stats
+            result = pack_stats(args.dir)
+            print(json.dumps(result, indent=2) if args.json else format_stats(result))
+        elif args.command == "export-hf":
+            from .export_hf import export_hf
+            export_hf(args.dir, args.out)
+    except DataPrepError as err:
+        print(f"nucleotron data {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

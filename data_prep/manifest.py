@@ -1,0 +1,89 @@
+"""The pack directory's manifest.json: the contract between `data prep` and training (blend, vocab, EOD id).
+
+Training reads it with `load_manifest(dir)`; a format_version it does not know is an error, not a guess.
+
+Blend formula: megatron's BlendedDataset draws whole samples (seq_len + 1 tokens) with probability proportional to
+the weights, so a group's expected token share equals its weight share. For each split, the weight of dataset d of
+group g is 0.5 * tokens(d) / tokens(g), so each group's weights sum to 0.5 and the expected share is exactly 1:1
+whatever the on-disk sizes; the smaller group is simply repeated more often (the manifest reports the on-disk ratio).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from .errors import DataPrepError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Blend:
+    prefixes: List[str]        # relative to the pack directory
+    weights: List[float]
+    groups: List[str]          # group of each prefix
+    expected_token_share: Dict[str, float]
+    on_disk_tokens: Dict[str, int]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    directory: str
+    format_version: int
+    seq_len: int
+    vocab: Dict[str, int]
+    vocab_size: int
+    eod: int
+    pad: int
+    strand: dict
+    blend: Dict[str, Blend]    # split -> blend
+    raw: dict = field(repr=False)
+
+    def blend_paths(self, split: str) -> Tuple[List[str], List[float]]:
+        """(absolute dataset prefixes, weights) for megatron's BlendedMegatronDatasetConfig."""
+        if split not in self.blend:
+            raise DataPrepError(f"{self.directory}: no {split!r} split in the pack (has {sorted(self.blend)})")
+        entry = self.blend[split]
+        return [os.path.join(self.directory, p) for p in entry.prefixes], list(entry.weights)
+
+
+def blend_weights(dataset_tokens: Dict[str, int], dataset_group: Dict[str, str]) -> Dict[str, float]:
+    """Weights giving each group an expected token share of exactly 0.5 (see module docstring)."""
+    group_tokens: Dict[str, int] = {}
+    for name, count in dataset_tokens.items():
+        group_tokens[dataset_group[name]] = group_tokens.get(dataset_group[name], 0) + count
+    return {name: 0.5 * count / group_tokens[dataset_group[name]] for name, count in dataset_tokens.items()}
+
+
+def write_manifest(directory: str, content: dict) -> None:
+    content = {"format_version": FORMAT_VERSION, **content}
+    tmp = os.path.join(directory, MANIFEST_NAME + ".part")
+    with open(tmp, "w") as handle:
+        json.dump(content, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, os.path.join(directory, MANIFEST_NAME))
+
+
+def load_manifest(directory: str) -> Manifest:
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise DataPrepError(f"{path} not found; is {directory} a pack made by `nucleotron data prep`?")
+    with open(path) as handle:
+        raw = json.load(handle)
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataPrepError(f"{path}: format_version {version!r} is not supported (this code reads "
+                            f"{FORMAT_VERSION}); re-run `nucleotron data prep` or update nucleotron")
+    try:
+        blend = {split: Blend(prefixes=list(b["prefixes"]), weights=[float(w) for w in b["weights"]],
+                              groups=list(b["groups"]), expected_token_share=dict(b["expected_token_share"]),
+                              on_disk_tokens={k: int(v) for k, v in b["on_disk_tokens"].items()})
+                 for split, b in raw["blend"].items()}
+        return Manifest(directory=os.path.abspath(directory), format_version=version, seq_len=int(raw["seq_len"]),
+                        vocab={k: int(v) for k, v in raw["vocab"].items()}, vocab_size=int(raw["vocab_size"]),
+                        eod=int(raw["eod"]), pad=int(raw["pad"]), strand=dict(raw["strand"]), blend=blend, raw=raw)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataPrepError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None

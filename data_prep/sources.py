@@ -1,0 +1,74 @@
+"""The SOURCES.tsv table that `data prep` reads: which FASTA files, which group, which assembly."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .errors import DataPrepError
+
+REQUIRED_COLUMNS = ("path", "group", "assembly")
+OPTIONAL_COLUMNS = ("species", "annotation", "chrom_map")
+GROUPS = ("human", "nonhuman")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One FASTA file (an assembly may span several rows/files)."""
+    path: str                  # absolute
+    group: str                 # 'human' | 'nonhuman'
+    assembly: str
+    species: str = ""
+    annotation: Optional[str] = None   # absolute path of a GFF3/GTF, for the gene-proximity filter
+    chrom_map: Optional[str] = None    # absolute path of a 2-column TSV: record name -> chromosome
+
+
+def _resolve(base: str, value: str) -> str:
+    return os.path.normpath(value if os.path.isabs(value) else os.path.join(base, value))
+
+
+def read_sources(tsv_path: str) -> List[Source]:
+    """Parse and validate SOURCES.tsv; every problem names the file, line and column."""
+    if not os.path.isfile(tsv_path):
+        raise DataPrepError(f"{tsv_path}: sources file not found; pass --sources PATH to a tab-separated table "
+                            f"with columns {', '.join(REQUIRED_COLUMNS)}")
+    base = os.path.dirname(os.path.abspath(tsv_path))
+    with open(tsv_path, newline="") as handle:
+        reader = csv.DictReader((line for line in handle if not line.startswith("#")), delimiter="\t")
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataPrepError(f"{tsv_path}: missing column(s) {', '.join(repr(c) for c in missing)} in the header "
+                                f"(found {header}); the header needs {', '.join(REQUIRED_COLUMNS)} separated by tabs")
+        unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:
+            raise DataPrepError(f"{tsv_path}: unknown column(s) {unknown}; allowed: "
+                                f"{', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}")
+        sources, group_of = [], {}
+        for line_no, row in enumerate(reader, start=2):
+            where = f"{tsv_path} line {line_no}"
+            for column in REQUIRED_COLUMNS:
+                if not (row.get(column) or "").strip():
+                    raise DataPrepError(f"{where}: column {column!r} is empty")
+            group, assembly = row["group"].strip(), row["assembly"].strip()
+            if group not in GROUPS:
+                raise DataPrepError(f"{where}: column 'group' has unknown group {group!r}; use one of {GROUPS}")
+            if group_of.setdefault(assembly, group) != group:
+                raise DataPrepError(f"{where}: assembly {assembly!r} is listed as both {group_of[assembly]!r} and "
+                                    f"{group!r}; one assembly belongs to one group")
+            path = _resolve(base, row["path"].strip())
+            if not os.path.isfile(path):
+                raise DataPrepError(f"{where}: column 'path': file not found: {path}")
+            extra = {}
+            for column in ("annotation", "chrom_map"):
+                value = (row.get(column) or "").strip()
+                if value:
+                    extra[column] = _resolve(base, value)
+                    if not os.path.isfile(extra[column]):
+                        raise DataPrepError(f"{where}: column {column!r}: file not found: {extra[column]}")
+            sources.append(Source(path=path, group=group, assembly=assembly,
+                                  species=(row.get("species") or "").strip(), **extra))
+    if not sources:
+        raise DataPrepError(f"{tsv_path}: no rows; add one line per FASTA file")
+    return sources

@@ -1,0 +1,70 @@
+"""`nucleotron data stats DIR`: what is really in a pack's .bin files, checked against its manifest."""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import numpy as np
+
+from . import tokens as tk
+from .errors import DataPrepError
+from .manifest import load_manifest
+from .writer import read_document_lengths
+
+CHUNK = 64 << 20
+
+
+def token_histogram(bin_path: str) -> np.ndarray:
+    data = np.memmap(bin_path, dtype=np.uint8, mode="r") if os.path.getsize(bin_path) else np.zeros(0, np.uint8)
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, len(data), CHUNK):
+        counts += np.bincount(data[start:start + CHUNK], minlength=256)
+    return counts
+
+
+def pack_stats(directory: str) -> dict:
+    manifest = load_manifest(directory)
+    datasets: Dict[str, dict] = {}
+    for name, entry in manifest.raw["datasets"].items():
+        prefix = os.path.join(manifest.directory, entry["prefix"])
+        counts = token_histogram(prefix + ".bin")
+        lengths = read_document_lengths(prefix)
+        docs = np.load(prefix + ".docs.npy")
+        acgt = int(counts[[tk.A, tk.C, tk.G, tk.T]].sum())
+        bases = acgt + int(counts[tk.N])
+        found = {"documents": int(len(lengths)), "tokens": int(counts.sum()), "bases": bases}
+        mismatch = {k: (entry[k], v) for k, v in found.items() if entry[k] != v}
+        if int(counts[tk.EOD]) != len(lengths) or mismatch:
+            raise DataPrepError(f"{prefix}.bin disagrees with the manifest {mismatch or ''} / EOD count "
+                                f"{int(counts[tk.EOD])} vs {len(lengths)} documents; rebuild the pack")
+        datasets[name] = {
+            "group": entry["group"], "split": entry["split"], **found,
+            "n_fraction": int(counts[tk.N]) / bases if bases else 0.0,
+            "gc_content": int(counts[tk.C] + counts[tk.G]) / acgt if acgt else 0.0,
+            "full_length_fragments": int(np.count_nonzero(docs["length"] == manifest.seq_len)),
+            "short_fragments": int(np.count_nonzero(docs["length"] < manifest.seq_len)),
+            "reverse_complement_fragments": int(docs["reverse"].sum()),
+        }
+    mix = {}
+    for split, blend in manifest.blend.items():
+        human, nonhuman = blend.on_disk_tokens["human"], blend.on_disk_tokens["nonhuman"]
+        mix[split] = {"on_disk_tokens": blend.on_disk_tokens, "on_disk_human_share": human / (human + nonhuman),
+                      "blend_weights": dict(zip(blend.prefixes, blend.weights)),
+                      "blend_human_share": blend.expected_token_share["human"]}
+    return {"pack": manifest.directory, "seq_len": manifest.seq_len, "strand": manifest.strand,
+            "datasets": datasets, "mix": mix}
+
+
+def format_stats(result: dict) -> str:
+    lines = [f"pack {result['pack']}  seq_len {result['seq_len']}  strand {result['strand']['policy']} "
+             f"(rc p={result['strand']['rc_probability']}, seed {result['strand']['seed']})", "",
+             f"{'dataset':<18}{'documents':>11}{'tokens':>15}{'N frac':>9}{'GC':>8}{'full':>8}{'short':>7}{'rc':>7}"]
+    for name, d in result["datasets"].items():
+        lines.append(f"{name:<18}{d['documents']:>11,}{d['tokens']:>15,}{d['n_fraction']:>9.4f}"
+                     f"{d['gc_content']:>8.4f}{d['full_length_fragments']:>8,}{d['short_fragments']:>7,}"
+                     f"{d['reverse_complement_fragments']:>7,}")
+    lines.append("")
+    for split, m in result["mix"].items():
+        lines.append(f"mix {split:<6} on disk human share {m['on_disk_human_share']:.4f}; "
+                     f"with blend weights human share {m['blend_human_share']:.4f}")
+    return "\n".join(lines)
