@@ -15,6 +15,8 @@ def dna_batch(batch: int, seq_len: int, seed: int = 7) -> torch.Tensor:
 
 
 def _setup(config_path: str, overrides):
+    from megatron.core import parallel_state
+
     from nucleotron.configs import load_config
     from nucleotron.model.gpt import build_gpt_model
     from nucleotron.train.parallel import init_distributed
@@ -22,7 +24,67 @@ def _setup(config_path: str, overrides):
     cfg = load_config(config_path, list(overrides))
     init_distributed(cfg.parallel, seed=1234)
     torch.manual_seed(42)  # same init stream on every rank and every TP size (CPU init builds full master weights)
-    return cfg, build_gpt_model(cfg, vocab=VOCAB)
+    model = build_gpt_model(cfg, vocab=VOCAB, pre_process=parallel_state.is_pipeline_first_stage(),
+                            post_process=parallel_state.is_pipeline_last_stage())
+    return cfg, model
+
+
+def _load_stage_weights(model, full_state: dict, layers_per_stage: int) -> None:
+    """Copy a single-process model's weights into this pipeline stage (local layer i = global layer offset + i)."""
+    from megatron.core import parallel_state
+
+    offset = parallel_state.get_pipeline_model_parallel_rank() * layers_per_stage
+    own = model.state_dict()
+    for name in own:
+        if name.startswith("decoder.layers."):
+            _, _, index, rest = name.split(".", 3)
+            source = f"decoder.layers.{int(index) + offset}.{rest}"
+        else:
+            source = name
+        if torch.is_tensor(own[name]):
+            own[name] = full_state[source]
+    model.load_state_dict(own)
+
+
+def schedule_forward_backward(config_path: str, overrides, weights_path: str, save_weights: bool,
+                              micro_batches: int = 4, seq_len: int = 64, batch: int = 2):
+    """One training step through megatron's pipeline schedule (1F1B for PP>1) over several micro-batches.
+
+    The single-process run saves its weights to `weights_path`; pipeline runs load them stage by stage, so both
+    start from the same model. Returns per-micro-batch losses (last stage) and Gengram gradients by global layer.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from nucleotron.train.parallel import destroy_distributed
+
+    cfg, model = _setup(config_path, overrides)
+    if save_weights:
+        torch.save(model.state_dict(), weights_path)
+    else:
+        stages = parallel_state.get_pipeline_model_parallel_world_size()
+        _load_stage_weights(model, torch.load(weights_path), cfg.model.num_layers // stages)
+    batches = iter([dna_batch(batch, seq_len + 1, seed=100 + i) for i in range(micro_batches)])
+    positions = torch.arange(seq_len).expand(batch, -1)
+
+    def forward_step(data_iterator, model):
+        ids = next(data_iterator)  # every stage reads the micro-batch: Gengram layers need its ids
+        output = model(ids[:, :-1], positions, None, labels=ids[:, 1:])
+
+        def loss_func(per_token_loss):
+            loss = per_token_loss.float().mean()
+            return loss, {"loss": loss.detach()}
+
+        return output, loss_func
+
+    stats = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=batches, model=[model], num_microbatches=micro_batches,
+        seq_length=seq_len, micro_batch_size=batch, forward_only=False)
+    losses = [float(s["loss"]) for s in stats] if parallel_state.is_pipeline_last_stage() else []
+    gengram_grads = {f"layer{number}.{name}": p.grad.clone()
+                     for number, module in model.gengram_modules() for name, p in module.named_parameters()}
+    destroy_distributed()
+    return {"losses": losses, "gengram_grads": gengram_grads}
 
 
 def forward_backward(config_path: str, overrides, seq_len: int = 64, batch: int = 2):

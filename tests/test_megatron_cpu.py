@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distributed import run_distributed
-from megatron_workers import forward_backward, train_steps
+from megatron_workers import forward_backward, schedule_forward_backward, train_steps
 from nucleotron.configs import load_config
 from nucleotron.model.params import count_parameters
 
@@ -53,3 +53,22 @@ def test_tiny_gengram_model_learns(overrides):
     losses = result["losses"]
     assert losses[-1] < 0.8 * losses[0], f"loss should fall on a repeated batch: {losses}"
     assert len(result["gate_means"]) == 1 and 0.0 < result["gate_means"][0] < 1.0
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_pipeline_parallel_2_with_gengram_on_each_stage_matches_single_process(tmp_path, recompute):
+    """PP=2 (1F1B over 4 micro-batches), Gengram at layer 2 (stage 0) and 3 (stage 1); with full recompute a
+    layer's recompute runs after later micro-batches' forwards, so stale ids would show up as wrong gradients."""
+    gengram = ["model.gengram.layers=[2,3]"]
+    weights = str(tmp_path / "weights.pt")
+    (single,) = run_distributed(1, schedule_forward_backward, TINY, gengram, weights, True)
+    pp2 = run_distributed(2, schedule_forward_backward, TINY,
+                          gengram + ["parallel.pipeline=2", f"model.recompute={recompute}"], weights, False)
+    assert len(single["losses"]) == 4
+    assert pp2[1]["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    stage_grads = {**pp2[0]["gengram_grads"], **pp2[1]["gengram_grads"]}
+    assert {k.split(".")[0] for k in pp2[0]["gengram_grads"]} == {"layer2"}
+    assert {k.split(".")[0] for k in pp2[1]["gengram_grads"]} == {"layer3"}
+    assert stage_grads.keys() == single["gengram_grads"].keys()
+    for name, grad in single["gengram_grads"].items():
+        torch.testing.assert_close(stage_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
