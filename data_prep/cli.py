@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fetch = sub.add_parser("fetch", help="download the FASTA files of a source manifest (resumable, verified)")
-    fetch.add_argument("manifest", help="source manifest TSV, e.g. configs/data/grch38_t2t.tsv")
+    fetch.add_argument("manifest", help="source manifest TSV, e.g. configs/data/references.tsv")
     fetch.add_argument("--out", required=True, help="download folder; also gets sources.tsv for `data prep`")
     fetch.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
     fetch.add_argument("--retries", type=int, default=5, help="attempts per file, resuming each time (default 5)")

@@ -16,7 +16,7 @@ from . import tokens as tk
 from .chroms import SPLITS, SplitRule, chromosome_of, read_chrom_map
 from .errors import DataPrepError
 from .fasta import Record, index_fasta, is_gzip, read_record
-from .fragments import FragmentRules, cut, document
+from .fragments import FragmentRules, cut_arrays, write_documents
 from .genes import read_gene_intervals
 from .manifest import blend_weights, write_manifest
 from .sources import GROUPS, Source, read_sources
@@ -128,17 +128,17 @@ def _process_record(args) -> int:
                             f"{char!r} at base {pos + 1} (1-based); allowed are ACGTN, the IUPAC codes "
                             f"{tk.IUPAC_AMBIGUOUS} (stored as N) and their lower case; fix or remove the record")
     del raw
-    fragments = cut(tokens, rules, task.assembly, task.rec.name, task.genes)
-    table = np.zeros(len(fragments), dtype=FRAGMENT_DTYPE)
-    table["start"] = [f.start for f in fragments]
-    table["length"] = [f.length for f in fragments]
-    table["reverse"] = [f.reverse for f in fragments]
-    with open(task.shard + ".bin.part", "wb", buffering=16 << 20) as out:
-        for fragment in fragments:
-            out.write(document(tokens, fragment))
+    starts, lengths, reverse = cut_arrays(tokens, rules, task.assembly, task.rec.name, task.genes)
+    table = np.zeros(len(starts), dtype=FRAGMENT_DTYPE)
+    table["start"], table["length"], table["reverse"] = starts, lengths, reverse
+    fd = os.open(task.shard + ".bin.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        write_documents(fd, tokens, starts, lengths, reverse)
+    finally:
+        os.close(fd)
     np.save(task.shard + ".frag.npy", table)
     os.replace(task.shard + ".bin.part", task.shard + ".bin")
-    write_json_atomic(task.shard + ".done", {"version": SHARD_VERSION, "documents": len(fragments)})
+    write_json_atomic(task.shard + ".done", {"version": SHARD_VERSION, "documents": len(starts)})
     return task.rec.bases
 
 

@@ -42,6 +42,13 @@ def reverse_complement(tokens: bytes) -> bytes:
     return tokens[::-1].translate(_COMPLEMENT_TABLE)
 
 
+def reverse_complement_range(tokens: bytes, start: int, end: int) -> bytes:
+    """reverse_complement(tokens[start:end]) without the intermediate forward copy."""
+    if start >= end:
+        return b""
+    return tokens[end - 1:start - 1 if start else None:-1].translate(_COMPLEMENT_TABLE)
+
+
 def decode(tokens) -> str:
     """Token ids -> 'ACGTN' string (EOD must be stripped first; unknown ids show as '?')."""
     return TOKEN_TO_BYTE[np.frombuffer(bytes(tokens), dtype=np.uint8)].tobytes().decode("ascii")
