@@ -29,6 +29,12 @@ def _setup(config_path: str, overrides):
     return cfg, model
 
 
+def _gengram_grads(model) -> dict:
+    """Gradients of every Gengram parameter on this stage, keyed 'layer<global number>.<name>'."""
+    return {f"layer{number}.{name}": p.grad.clone()
+            for number, module in model.gengram_modules() for name, p in module.named_parameters()}
+
+
 def _load_stage_weights(model, full_state: dict, layers_per_stage: int) -> None:
     """Copy a single-process model's weights into this pipeline stage (local layer i = global layer offset + i)."""
     from megatron.core import parallel_state
@@ -81,10 +87,8 @@ def schedule_forward_backward(config_path: str, overrides, weights_path: str, sa
         forward_step_func=forward_step, data_iterator=batches, model=[model], num_microbatches=micro_batches,
         seq_length=seq_len, micro_batch_size=batch, forward_only=False)
     losses = [float(s["loss"]) for s in stats] if parallel_state.is_pipeline_last_stage() else []
-    gengram_grads = {f"layer{number}.{name}": p.grad.clone()
-                     for number, module in model.gengram_modules() for name, p in module.named_parameters()}
     destroy_distributed()
-    return {"losses": losses, "gengram_grads": gengram_grads}
+    return {"losses": losses, "gengram_grads": _gengram_grads(model)}
 
 
 def forward_backward(config_path: str, overrides, seq_len: int = 64, batch: int = 2):
@@ -108,13 +112,11 @@ def forward_backward(config_path: str, overrides, seq_len: int = 64, batch: int 
         torch.distributed.all_gather(shards, output_grad.contiguous(),
                                      group=parallel_state.get_tensor_model_parallel_group())
         output_grad = torch.cat(shards, dim=0)
-    gengram_grads = {f"layer{number}.{name}": p.grad.clone()
-                     for number, module in model.gengram_modules() for name, p in module.named_parameters()}
     result = {
         "loss": loss.item(),
         "final_norm_grad": model.decoder.final_layernorm.weight.grad.clone(),
         "output_grad": output_grad.clone(),
-        "gengram_grads": gengram_grads,
+        "gengram_grads": _gengram_grads(model),
         "gengram_layers": [number for number, _ in model.gengram_modules()],
         "num_params": sum(p.numel() for p in model.parameters()),
         "all_grads": all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()),

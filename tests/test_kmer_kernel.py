@@ -63,6 +63,14 @@ def table_grads(out, tables, grad_out):
     return torch.autograd.grad(out, tables, grad_out, allow_unused=True, materialize_grads=True)
 
 
+def assert_fused_matches_reference(tables, fused, reference):
+    """Forward outputs and every table gradient (for one random output gradient) agree within fp32 tolerance."""
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    grad_out = torch.randn_like(reference)
+    for got, want in zip(table_grads(fused, tables, grad_out), table_grads(reference, tables, grad_out)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("window", [None, 1, 3, 7])
 @pytest.mark.parametrize("reset", [False, True])
 def test_reference_equals_naive_loop(window, reset):
@@ -95,25 +103,16 @@ def test_fused_forward_and_table_gradients_equal_reference(window, reset):
     tables = random_tables(12, seed=11)  # 12: not a power of two, so column masks matter
     codes = symbol_codes()
     doc_start = document_starts(ids, EOD) if reset else None
-    fused = kmer_window_mean_triton(ids, tables, codes, window, doc_start=doc_start)
-    reference = kmer_window_mean_reference(ids, tables, codes, window, doc_start=doc_start)
-    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
-
-    grad_out = torch.randn_like(reference)
-    for got, want in zip(table_grads(fused, tables, grad_out), table_grads(reference, tables, grad_out)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_fused_matches_reference(tables, kmer_window_mean_triton(ids, tables, codes, window, doc_start=doc_start),
+                                   kmer_window_mean_reference(ids, tables, codes, window, doc_start=doc_start))
 
 
 def test_fused_kernel_for_an_order_subset():
     ids = random_tokens(2, 40, seed=20)
     orders = (1, 3, 4)
     tables = random_tables(8, seed=21, orders=orders)
-    fused = kmer_window_mean_triton(ids, tables, symbol_codes(), 5, orders=orders)
-    reference = kmer_window_mean_reference(ids, tables, symbol_codes(), 5, orders=orders)
-    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
-    grad_out = torch.randn_like(reference)
-    for got, want in zip(table_grads(fused, tables, grad_out), table_grads(reference, tables, grad_out)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_fused_matches_reference(tables, kmer_window_mean_triton(ids, tables, symbol_codes(), 5, orders=orders),
+                                   kmer_window_mean_reference(ids, tables, symbol_codes(), 5, orders=orders))
 
 
 def test_entry_point_runs_the_fused_kernel_here():

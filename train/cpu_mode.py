@@ -103,14 +103,6 @@ class _CpuTorch(types.ModuleType):
 _APPLIED = False
 
 
-def cuda_rng_state_on_cpu(*args, **kwargs):
-    return torch.get_rng_state()
-
-
-def set_cuda_rng_state_on_cpu(new_state, *args, **kwargs):
-    torch.set_rng_state(new_state)
-
-
 def move_to_cpu_keeping_numpy(tensor, as_numpy: bool = False, record_stream: bool = False):
     """megatron's maybe_move_tensor_to_cpu, but also turning CPU tensors into numpy when asked (gloo all-to-all
     needs Python/numpy split sizes; the original only converts tensors that were on the GPU)."""
@@ -145,8 +137,8 @@ def apply_cpu_patches() -> bool:
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
     # The RNG tracker saves/restores "the CUDA generator" through these two helpers: use the CPU generator.
-    tp_random._get_cuda_rng_state = cuda_rng_state_on_cpu
-    tp_random._set_cuda_rng_state = set_cuda_rng_state_on_cpu
+    tp_random._get_cuda_rng_state = _CpuCuda.get_rng_state
+    tp_random._set_cuda_rng_state = _CpuCuda.set_rng_state
     # Without TransformerEngine the name is never bound, and the router's gemm raises NameError (megatron bug).
     moe_utils.te_general_gemm = None
     # Without TransformerEngine megatron binds TELinear to a MagicMock placeholder, and MLA's
