@@ -6,6 +6,12 @@ h [s, b, H] (Megatron layout) and input_ids [b, s] in; the new residual h + y ou
     u = alpha * W_V m;  y = u + SiLU(causal dilated depthwise conv(u)).
 The output at t depends on tokens t-(W-1)-(k-1)*dilation .. t only (t-38..t with the defaults).
 
+Sequence parallelism (spec section 5): h arrives as this tensor-parallel rank's slice of the sequence while every
+rank has the full input_ids. Each rank computes the features of its own positions from the ids (reading the W-1
+tokens before its slice, no communication), and takes the conv's (kernel-1)*dilation = 18 positions of u before its
+slice from the previous rank. Every parameter is marked `sequence_parallel`, so megatron's finalize_model_grads sums
+the per-slice gradients over the tensor-parallel group.
+
 Optimizer hooks: every k-mer table is an nn.Parameter carrying
     param.gengram_table = True
     param.lr_mult = cfg.table_lr_mult
@@ -18,8 +24,11 @@ import math
 from typing import Dict, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
 from nucleotron.configs import GengramConfig
 from nucleotron.kernels import document_starts, kmer_window_mean
@@ -56,18 +65,41 @@ class CausalDepthwiseConv(nn.Module):
         self.left_pad = (kernel_size - 1) * dilation
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, groups=channels, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, C] -> [s, b, C]
-        x = F.pad(x.permute(1, 2, 0), (self.left_pad, 0))
+    def forward(self, x: torch.Tensor, before: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [s, b, C] -> [s, b, C]. before: the left_pad positions preceding x ([left_pad, b, C]) when x is not
+        the start of the sequence (sequence parallelism); zeros otherwise."""
+        x = x.permute(1, 2, 0)
+        if before is None:
+            x = F.pad(x, (self.left_pad, 0))
+        else:
+            x = torch.cat([before.permute(1, 2, 0), x], dim=-1)
         return self.conv(x).permute(2, 0, 1)
+
+
+def previous_slice_tail(x: torch.Tensor, length: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """The last `length` positions of the previous rank's sequence slice ([length, b, C]); zeros on the first rank.
+
+    Every rank all-gathers the tails (megatron's sequence-parallel gather, whose backward reduce-scatters the
+    gradient back to the owner) and every rank's result depends on the gather, so all ranks join the backward too.
+    """
+    if x.shape[0] < length:
+        raise ValueError(f"sequence-parallel Gengram needs at least {length} positions per tensor-parallel rank "
+                         f"(the short conv's reach), got {x.shape[0]}: use a longer sequence or a smaller TP size")
+    tails = gather_from_sequence_parallel_region(x[-length:].contiguous(), group=group)
+    before = torch.cat([torch.zeros_like(x[-length:]), tails])  # block r: what precedes rank r's slice
+    rank = group.rank()
+    return before[rank * length:(rank + 1) * length]
 
 
 class Gengram(nn.Module):
     """One active Gengram layer: returns hidden + y. `last_gate_mean` holds the mean gate of the last forward."""
 
     def __init__(self, cfg: GengramConfig, hidden_size: int, symbol_codes: torch.Tensor,
-                 eod_id: Optional[int] = None, init_std: float = 0.01):
+                 eod_id: Optional[int] = None, init_std: float = 0.01,
+                 sequence_parallel_group: Optional[dist.ProcessGroup] = None):
         """symbol_codes: see symbol_codes_from_vocab. eod_id: needed when cfg.reset_window_at_eod.
-        init_std: table std of the 'engram' init (the 'reference' init uses N(0, 1) as the released code)."""
+        init_std: table std of the 'engram' init (the 'reference' init uses N(0, 1) as the released code).
+        sequence_parallel_group: the tensor-parallel group when h arrives split along the sequence."""
         super().__init__()
         if cfg.reset_window_at_eod and eod_id is None:
             raise ValueError("reset_window_at_eod needs the EOD token id (eod_id)")
@@ -75,6 +107,8 @@ class Gengram(nn.Module):
             raise ValueError(f"unknown Gengram init {cfg.init!r}: expected 'reference' or 'engram'")
         self.orders = tuple(cfg.orders)
         self.window = cfg.window
+        self.context = (cfg.window if cfg.window is not None else max(cfg.orders)) - 1  # ids before t that m(t) reads
+        self.sequence_parallel_group = sequence_parallel_group
         self.eod_id = eod_id if cfg.reset_window_at_eod else None
         self.register_buffer("symbol_codes", symbol_codes.to(torch.long), persistent=False)
         d, features = cfg.table_dim, len(cfg.orders) * cfg.table_dim
@@ -94,6 +128,9 @@ class Gengram(nn.Module):
             table.no_weight_decay = not cfg.table_weight_decay
         if cfg.init == "engram":  # the short conv starts at zero: y = u at step 0
             nn.init.zeros_(self.short_conv.conv.weight)
+        if sequence_parallel_group is not None:
+            for param in self.parameters():
+                param.sequence_parallel = True
         self.last_gate_mean: Optional[torch.Tensor] = None
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -102,12 +139,27 @@ class Gengram(nn.Module):
         return kmer_window_mean(input_ids, list(self.tables), self.symbol_codes, self.window,
                                 orders=self.orders, doc_start=doc_start)
 
+    def slice_start(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> int:
+        """The first position of h: 0, or this rank's offset when h is a sequence-parallel slice."""
+        group = self.sequence_parallel_group
+        ranks = 1 if group is None else group.size()
+        if input_ids.shape[1] != hidden.shape[0] * ranks:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} positions but h has {hidden.shape[0]}"
+                             + (f" per rank on {ranks} sequence-parallel ranks" if group is not None else ""))
+        return 0 if group is None else group.rank() * hidden.shape[0]
+
     def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        memory = self.features(input_ids).transpose(0, 1).to(hidden.dtype)  # [s, b, F]
+        start, length = self.slice_start(hidden, input_ids), hidden.shape[0]
+        first = max(start - self.context, 0)  # the features of h's positions read ids from `first` on
+        memory = self.features(input_ids[:, first:start + length])[:, start - first:]
+        memory = memory.transpose(0, 1).to(hidden.dtype)  # [s, b, F]
         key, value = self.key_proj(memory), self.value_proj(memory)
         gate = (self.norm_q(hidden) * self.norm_k(key)).sum(dim=-1, keepdim=True) / math.sqrt(hidden.shape[-1])
         gate = torch.sign(gate) * torch.sqrt(gate.abs().clamp(min=GATE_FLOOR))
         alpha = torch.sigmoid(gate)
         self.last_gate_mean = alpha.detach().float().mean()
         u = alpha * value
-        return hidden + u + F.silu(self.short_conv(u))
+        before = None
+        if self.sequence_parallel_group is not None:
+            before = previous_slice_tail(u, self.short_conv.left_pad, self.sequence_parallel_group)
+        return hidden + u + F.silu(self.short_conv(u, before))

@@ -4,26 +4,33 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from nucleotron.configs import NucleotronConfig
 
 from .attention import core_attention_class
 from .gengram import symbol_codes_from_vocab
 from .layer import GengramTransformerLayer, NucleotronGPTModel
+from .norm import RMSNorm
 from .transformer_config import transformer_config
 
 
 def layer_spec(cfg: NucleotronConfig, vocab: Optional[Dict[str, int]] = None):
-    """megatron-core's local (no TransformerEngine) layer spec, with the configured core-attention backend and
-    our TransformerLayer subclass that holds a Gengram module in the configured layers."""
+    """megatron-core's local (no TransformerEngine) layer spec, with the configured core-attention backend, our
+    RMSNorm (which works under sequence parallelism) and our TransformerLayer subclass that holds a Gengram module
+    in the configured layers."""
     model = cfg.model
     spec = get_gpt_layer_local_spec(
         num_experts=model.moe.num_experts or None,
         multi_latent_attention=model.attention == "mla",
-        qk_layernorm=model.attention == "mla",  # MLA's latent RMSNorms (q and kv down-projections); none for MHA/GQA
         normalization="RMSNorm",
     )
-    spec.submodules.self_attention.submodules.core_attention = core_attention_class(model.attention_backend)
+    layer = spec.submodules
+    layer.input_layernorm = layer.pre_mlp_layernorm = RMSNorm
+    if model.attention == "mla":  # the latent norms after the q and kv down-projections; none for MHA/GQA
+        layer.self_attention.submodules.q_layernorm = layer.self_attention.submodules.kv_layernorm = RMSNorm
+    layer.self_attention.submodules.core_attention = core_attention_class(model.attention_backend)
     spec.module = GengramTransformerLayer
     spec.params = {**(spec.params or {}), "gengram": model.gengram}
     if model.gengram.layers:
@@ -34,6 +41,12 @@ def layer_spec(cfg: NucleotronConfig, vocab: Optional[Dict[str, int]] = None):
     return spec
 
 
+def block_spec(cfg: NucleotronConfig, config: TransformerConfig, vocab: Optional[Dict[str, int]] = None):
+    """This pipeline stage's layers plus the final norm (megatron would pick its own norm class for that one)."""
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg, vocab)] * get_num_layers_to_build(config),
+                                      layer_norm=RMSNorm)
+
+
 def build_gpt_model(cfg: NucleotronConfig, vocab: Optional[Dict[str, int]] = None, pre_process: bool = True,
                     post_process: bool = True) -> NucleotronGPTModel:
     """The decoder for this rank's pipeline stage; parallel state must be initialised first.
@@ -41,9 +54,10 @@ def build_gpt_model(cfg: NucleotronConfig, vocab: Optional[Dict[str, int]] = Non
     vocab: token -> id (the pack manifest's vocabulary); required when the config has Gengram layers.
     """
     model = cfg.model
+    config = transformer_config(model, cfg.parallel, cfg.train.precision)
     return NucleotronGPTModel(
-        config=transformer_config(model, cfg.parallel, cfg.train.precision),
-        transformer_layer_spec=layer_spec(cfg, vocab),
+        config=config,
+        transformer_layer_spec=block_spec(cfg, config, vocab),
         vocab_size=model.vocab_size,
         max_sequence_length=cfg.data.seq_len,
         pre_process=pre_process,

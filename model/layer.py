@@ -12,10 +12,12 @@ from typing import Optional
 import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_layer import TransformerLayer
+from megatron.core.utils import make_sharded_tensor_for_checkpoint
 
 from nucleotron.configs import GengramConfig
 
 from .gengram import Gengram
+from .stats import attach_routing_recorders
 
 
 class GengramTransformerLayer(TransformerLayer):
@@ -28,14 +30,16 @@ class GengramTransformerLayer(TransformerLayer):
                          vp_stage=vp_stage)
         self.gengram = None
         if self.layer_number in gengram.layers:  # self.layer_number includes the pipeline offset
-            if config.sequence_parallel or config.context_parallel_size > 1:
-                raise NotImplementedError("Gengram layers do not yet support sequence or context parallelism "
-                                          "(the conv halo exchange is not written); use parallel.tensor without "
-                                          "sequence_parallel, or pipeline/expert parallelism")
+            if config.context_parallel_size > 1:
+                raise NotImplementedError(
+                    f"parallel.context={config.context_parallel_size}: Gengram layers do not support context "
+                    "parallelism (their k-mer windows and conv would need the true neighbouring positions of the "
+                    "zig-zag chunks); use parallel.context=1")
             if symbol_codes is None:
                 raise ValueError("Gengram layers need the vocabulary's symbol codes (from the pack manifest)")
             self.gengram = Gengram(gengram, config.hidden_size, symbol_codes, eod_id=eod_id,
-                                   init_std=config.init_method_std)
+                                   init_std=config.init_method_std,
+                                   sequence_parallel_group=self.tp_group if config.sequence_parallel else None)
 
     def _forward_attention(self, hidden_states, attention_mask=None, context=None, *args, **kwargs):
         if self.gengram is not None:
@@ -45,6 +49,18 @@ class GengramTransformerLayer(TransformerLayer):
             hidden_states = self.gengram(hidden_states, context)
         hidden_states, _ = super()._forward_attention(hidden_states, attention_mask, None, *args, **kwargs)
         return hidden_states, context
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        """Checkpoint entries. megatron stacks a layer's tensors along a [num_layers, ...] axis, which only works for
+        tensors every layer has; Gengram lives in a few layers, so its tensors get their own key per global layer."""
+        state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        if self.gengram is not None:
+            own = f"{prefix}gengram."  # the block later renames "<...>.layers.<local>." to "<...>.layers."
+            for dict_key in [k for k in state if k.startswith(own)]:
+                name = dict_key[len(own):]
+                state[dict_key] = make_sharded_tensor_for_checkpoint(
+                    state[dict_key].data, f"{prefix}gengram_of_layer{self.layer_number}.{name}")
+        return state
 
 
 class NucleotronGPTModel(GPTModel):
@@ -57,6 +73,7 @@ class NucleotronGPTModel(GPTModel):
     def __init__(self, *args, needs_input_ids: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.needs_input_ids = needs_input_ids
+        attach_routing_recorders(self)  # per-layer routing statistics for model/stats.py
 
     def forward(self, input_ids, position_ids, attention_mask, *args, extra_block_kwargs=None, **kwargs):
         if self.needs_input_ids:

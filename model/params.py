@@ -14,21 +14,30 @@ def head_dim(cfg: ModelConfig) -> int:
     return cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads
 
 
-def attention_params(cfg: ModelConfig) -> int:
+def attention_projection_params(cfg: ModelConfig) -> int:
+    """Weights of the attention's linear layers (each used once per token: FLOPs = 2 * this)."""
     h, heads = cfg.hidden_size, cfg.num_attention_heads
     if cfg.attention == "mla":
         mla = cfg.mla
         qk = mla.qk_head_dim + mla.qk_pos_emb_head_dim
         if mla.q_lora_rank is None:
             q = h * heads * qk
-        else:  # down-projection, its norm, up-projection
-            q = h * mla.q_lora_rank + mla.q_lora_rank + mla.q_lora_rank * heads * qk
-        kv = (h * (mla.kv_lora_rank + mla.qk_pos_emb_head_dim) + mla.kv_lora_rank
+        else:  # down- and up-projection
+            q = h * mla.q_lora_rank + mla.q_lora_rank * heads * qk
+        kv = (h * (mla.kv_lora_rank + mla.qk_pos_emb_head_dim)
               + mla.kv_lora_rank * heads * (mla.qk_head_dim + mla.v_head_dim))
         return q + kv + heads * mla.v_head_dim * h
     d = head_dim(cfg)
     groups = cfg.num_query_groups or heads
     return h * (heads + 2 * groups) * d + heads * d * h  # fused qkv + output projection
+
+
+def attention_params(cfg: ModelConfig) -> int:
+    """Projections plus MLA's latent RMSNorms (q and kv down-projections); MHA/GQA have no attention norms."""
+    norms = 0
+    if cfg.attention == "mla":
+        norms = cfg.mla.kv_lora_rank + (cfg.mla.q_lora_rank or 0)
+    return attention_projection_params(cfg) + norms
 
 
 def swiglu_params(hidden: int, ffn: int) -> int:

@@ -53,7 +53,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: 
             moe_router_topk=moe.top_k,
             moe_ffn_hidden_size=moe.ffn_hidden_size or model.ffn_hidden_size,
             moe_aux_loss_coeff=moe.aux_loss_coeff,
-            moe_z_loss_coeff=moe.z_loss_coeff,
+            moe_z_loss_coeff=moe.z_loss_coeff or None,  # 0 would log z_loss / 0 = nan
             moe_router_load_balancing_type="aux_loss",
             moe_router_dtype="fp32",
             moe_token_dispatcher_type=moe.dispatcher,
@@ -66,6 +66,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: 
             qk_head_dim=mla.qk_head_dim,
             qk_pos_emb_head_dim=mla.qk_pos_emb_head_dim,
             v_head_dim=mla.v_head_dim,
+            rope_type="rope",  # megatron's MLA default is YaRN (x40 scaling); every variant here uses plain RoPE
             rotary_base=model.rope_base,
             **kwargs,
         )

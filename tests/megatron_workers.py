@@ -144,3 +144,146 @@ def train_steps(config_path: str, overrides, steps: int = 8, seq_len: int = 64, 
     gate_means = [float(module.last_gate_mean) for _, module in model.gengram_modules()]
     destroy_distributed()
     return {"losses": losses, "gate_means": gate_means}
+
+
+def optimizer_groups(config_path: str, overrides, steps: int):
+    """The trainer's megatron optimizer on a built model: each trainable parameter's group settings (lr and weight
+    decay after `steps` scheduler steps, the group's max_lr), by parameter name."""
+    from nucleotron.train.optimizer import build_optimizer, wrap_ddp
+    from nucleotron.train.parallel import destroy_distributed
+
+    cfg, model = _setup(config_path, overrides)
+    names = {id(p): name for name, p in model.named_parameters()}
+    ddp = wrap_ddp(model, cfg, distributed_optimizer=False)
+    optimizer, scheduler = build_optimizer(ddp, cfg, total_steps=100, bf16=False, distributed_optimizer=False)
+    scheduler.step(increment=steps)
+    groups = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            groups[names[id(p)]] = {"lr": group["lr"], "weight_decay": group["weight_decay"],
+                                    "max_lr": group["max_lr"]}
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    destroy_distributed()
+    return {"groups": groups, "shapes": shapes, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+
+
+def _expected_routing(router_input: torch.Tensor, router) -> dict:
+    """The Switch load-balancing loss / coeff and the z-loss / coeff, computed here from the router's logits."""
+    logits = (router_input.reshape(-1, router_input.shape[-1]).float() @ router.weight.float().t()).detach()
+    experts, top_k = logits.shape[1], router.topk
+    chosen = logits.topk(top_k, dim=1).indices
+    tokens_per_expert = torch.zeros(experts).index_add_(0, chosen.reshape(-1), torch.ones(chosen.numel()))
+    probs = logits.softmax(dim=1)
+    tokens = logits.shape[0]
+    aux = experts / (top_k * tokens * tokens) * (probs.sum(dim=0) * tokens_per_expert).sum()
+    z = torch.logsumexp(logits, dim=1).square().mean()
+    return {"aux_loss": float(aux), "z_loss": float(z), "load": (tokens_per_expert / tokens_per_expert.sum()).tolist()}
+
+
+def routing_stats(config_path: str, overrides, seq_len: int = 64, batch: int = 2):
+    """model_stats after training forwards on two batches, after a no-grad forward and after a reset, with the
+    values recomputed independently from each router's input, and megatron's own tracker sums."""
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    from nucleotron.model.stats import model_stats, reset_model_stats
+    from nucleotron.train.parallel import destroy_distributed
+
+    _, model = _setup(config_path, overrides)
+    routers = {m.layer_number: m for m in model.modules() if isinstance(m, TopKRouter)}
+    inputs = {}
+    for number, router in routers.items():
+        router.register_forward_hook(lambda m, args, out, number=number: inputs.__setitem__(number, args[0]))
+    positions = torch.arange(seq_len).expand(batch, -1)
+    result = {"train": [], "expected": [], "gate_means": []}
+    for seed in (1, 2):
+        ids = dna_batch(batch, seq_len, seed=seed)
+        model(ids, positions, None, labels=ids).float().mean().backward()
+        result["train"].append(model_stats(model))
+        result["expected"].append({n: _expected_routing(inputs[n], routers[n]) for n in routers})
+        result["gate_means"].append({n: float(g.last_gate_mean) for n, g in model.gengram_modules()})
+    tracker = get_moe_layer_wise_logging_tracker()
+    result["tracker"] = {name: entry["values"].tolist() for name, entry in tracker.items()}
+    with torch.no_grad():
+        model(ids, positions, None, labels=ids)
+    result["no_grad"] = model_stats(model)
+    reset_model_stats(model)
+    result["after_reset"] = model_stats(model)
+    destroy_distributed()
+    return result
+
+
+def _global_expert_name(name: str, offset: int) -> str:
+    """'...local_experts.<i>.rest' on an expert-parallel rank -> the same name with the global expert index."""
+    head, sep, tail = name.partition("local_experts.")
+    if not sep:
+        return name
+    index, _, rest = tail.partition(".")
+    return f"{head}{sep}{int(index) + offset}.{rest}"
+
+
+def expert_parallel_forward_backward(config_path: str, overrides, weights_path: str, save_weights: bool,
+                                     seq_len: int = 64, batch: int = 2):
+    """One forward+backward on the same batch on every rank, from the single-process model's weights.
+
+    Returns the loss and the gradients of the Gengram parameters, the routers and the experts; expert parameters
+    are keyed by their global expert index so the ranks' dicts merge into the single-process one.
+    """
+    from megatron.core import parallel_state
+
+    from nucleotron.train.parallel import destroy_distributed
+
+    cfg, model = _setup(config_path, overrides)
+    ep_world = parallel_state.get_expert_model_parallel_world_size()
+    offset = parallel_state.get_expert_model_parallel_rank() * (cfg.model.moe.num_experts // ep_world)
+    if save_weights:
+        torch.save(model.state_dict(), weights_path)
+    else:
+        full, own = torch.load(weights_path), model.state_dict()
+        model.load_state_dict({name: full[_global_expert_name(name, offset)] if torch.is_tensor(value) else value
+                               for name, value in own.items()})
+    ids = dna_batch(batch, seq_len)
+    positions = torch.arange(seq_len).expand(batch, -1)
+    loss = model(ids, positions, None, labels=ids).float().mean()
+    loss.backward()
+    result = {
+        "loss": loss.item(),
+        "ep_world": ep_world,
+        "gengram_grads": _gengram_grads(model),
+        "router_grads": {name: p.grad.clone() for name, p in model.named_parameters() if "router" in name},
+        "expert_grads": {_global_expert_name(name, offset): p.grad.clone()
+                         for name, p in model.named_parameters() if "local_experts" in name},
+    }
+    destroy_distributed()
+    return result
+
+
+def finalized_forward_backward(config_path: str, overrides, seq_len: int = 64, batch: int = 2):
+    """forward_backward through megatron's DDP wrapper and finalize_model_grads, the way training reduces gradients
+    (which, under sequence parallelism, sums the `sequence_parallel` parameters' gradients over the TP group).
+
+    Returns the loss, the Gengram gradients, the final-norm gradient and which Gengram parameters are marked.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+    from nucleotron.train.parallel import destroy_distributed
+
+    _, model = _setup(config_path, overrides)
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    ids = dna_batch(batch, seq_len)
+    positions = torch.arange(seq_len).expand(batch, -1)
+    loss = ddp(ids, positions, None, labels=ids).float().mean()
+    loss.backward()
+    finalize_model_grads([ddp])
+    result = {
+        "loss": loss.item(),
+        "tp_world": parallel_state.get_tensor_model_parallel_world_size(),
+        "gengram_grads": {f"layer{number}.{name}": p.main_grad.clone()
+                          for number, module in model.gengram_modules() for name, p in module.named_parameters()},
+        "final_norm_grad": model.decoder.final_layernorm.weight.main_grad.clone(),
+        "gengram_marked": [getattr(p, "sequence_parallel", False)
+                           for _, module in model.gengram_modules() for p in module.parameters()],
+    }
+    destroy_distributed()
+    return result

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from distributed import run_distributed
-from megatron_workers import forward_backward, schedule_forward_backward, train_steps
+from megatron_workers import (expert_parallel_forward_backward, finalized_forward_backward, forward_backward,
+                              schedule_forward_backward, train_steps)
 from nucleotron.configs import load_config
 from nucleotron.model.params import count_parameters
 
@@ -72,3 +73,47 @@ def test_pipeline_parallel_2_with_gengram_on_each_stage_matches_single_process(t
     assert stage_grads.keys() == single["gengram_grads"].keys()
     for name, grad in single["gengram_grads"].items():
         torch.testing.assert_close(stage_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_expert_parallel_2_with_gengram_matches_single_process(tmp_path):
+    """EP=2 (alltoall dispatcher, 2 of 4 experts per rank) against one process holding all experts. Both ranks run
+    the same batch, so every expert gets its tokens from both ranks: twice the single-process gradient, which
+    megatron's DDP scales back by 1/data-parallel size."""
+    weights = str(tmp_path / "weights.pt")
+    moe = MOE + ["model.moe.dispatcher=alltoall", "model.gengram.layers=[2,3]"]
+    (single,) = run_distributed(1, expert_parallel_forward_backward, TINY, moe, weights, True)
+    ep2 = run_distributed(2, expert_parallel_forward_backward, TINY, moe + ["parallel.expert=2"], weights, False)
+    assert [r["ep_world"] for r in ep2] == [2, 2]
+    assert single["gengram_grads"] and len(single["expert_grads"]) == 4 * 4 * 2  # layers x experts x (fc1, fc2)
+    for rank in ep2:
+        assert rank["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
+        for kind in ("gengram_grads", "router_grads"):
+            assert rank[kind].keys() == single[kind].keys()
+            for name, grad in single[kind].items():
+                torch.testing.assert_close(rank[kind][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    experts = {**ep2[0]["expert_grads"], **ep2[1]["expert_grads"]}
+    assert experts.keys() == single["expert_grads"].keys()
+    assert not ep2[0]["expert_grads"].keys() & ep2[1]["expert_grads"].keys(), "each expert on one rank"
+    for name, grad in single["expert_grads"].items():
+        torch.testing.assert_close(experts[name] / 2, grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("overrides", [[], MOE + ["model.gengram.layers=[1,4]", "model.gengram.window=9",
+                                                  "model.gengram.reset_window_at_eod=true"]],
+                         ids=["dense-gengram", "moe-gengram-eod-reset"])
+def test_sequence_parallel_tp2_matches_single_process(overrides):
+    """TP=2 with sequence parallelism: each rank holds half the sequence (32 positions), so Gengram reads the ids
+    before its slice and the conv takes 18 positions from the other rank; megatron's DDP + finalize_model_grads
+    sum the Gengram gradients over the TP group. Also runs MoE with TP, which megatron allows only with SP."""
+    (single,) = run_distributed(1, finalized_forward_backward, TINY, overrides)
+    sp = run_distributed(2, finalized_forward_backward, TINY,
+                         overrides + ["parallel.tensor=2", "parallel.sequence_parallel=true"])
+    assert [r["tp_world"] for r in sp] == [2, 2]
+    assert single["gengram_grads"]
+    for rank in sp:
+        assert all(rank["gengram_marked"]), "every Gengram parameter is marked for the TP gradient all-reduce"
+        assert rank["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(rank["final_norm_grad"], single["final_norm_grad"], rtol=1e-4, atol=1e-6)
+        assert rank["gengram_grads"].keys() == single["gengram_grads"].keys()
+        for name, grad in single["gengram_grads"].items():
+            torch.testing.assert_close(rank["gengram_grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
