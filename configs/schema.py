@@ -127,10 +127,14 @@ class TrainConfig:
     global_batch_size: int = 1024  # sequences per optimizer step
     max_steps: Optional[int] = None
     max_tokens: Optional[int] = None  # token budget; used when max_steps is null
+    stop_at_step: Optional[int] = None  # save and exit 0 at this step (a job's share of a longer run); null = off
     precision: str = "bf16"  # bf16 | fp32 (CPU mode always runs fp32)
     log_every: int = 10
-    eval_every: int = 1000
-    eval_steps: int = 10
+    eval_every: int = 1000  # steps between validations; one always runs at the end
+    eval_steps: int = 10  # validation size: this many global batches per group (human, non-human), fixed samples
+    bad_loss: str = "skip"  # skip | stop: what a NaN/inf loss or a loss spike does (skipped steps are counted)
+    loss_spike_factor: Optional[float] = None  # a loss above factor x the mean of the last 20 is a spike; null = off
+    peak_tflops: Optional[float] = None  # per-device peak for MFU; null = known GPUs (H100/H200 bf16: 989)
 
 
 @dataclass

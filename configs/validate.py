@@ -17,6 +17,7 @@ CHOICES = {
     "model.moe.dispatcher": ("alltoall", "allgather"),
     "model.gengram.init": ("reference", "engram"),
     "train.precision": ("bf16", "fp32"),
+    "train.bad_loss": ("skip", "stop"),
     "logging.wandb_mode": ("online", "offline"),
 }
 
@@ -82,11 +83,17 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
             f"(context parallel splits each sequence into 2*CP chunks)")
     if p.sequence_parallel and p.tensor == 1:
         problems.append("parallel.sequence_parallel=true needs parallel.tensor > 1")
+    if p.sequence_parallel and cfg.data.seq_len % p.tensor:
+        problems.append(f"data.seq_len={cfg.data.seq_len} is not divisible by parallel.tensor={p.tensor} "
+                        f"(sequence parallelism splits each sequence across tensor-parallel ranks)")
 
     moe = m.moe
     if moe.num_experts < 0:
         problems.append(f"model.moe.num_experts={moe.num_experts} must be 0 (dense) or positive")
     elif moe.num_experts > 0:
+        if p.tensor > 1 and not p.sequence_parallel:
+            problems.append(f"parallel.tensor={p.tensor} with a MoE model needs parallel.sequence_parallel=true "
+                            f"(megatron-core requires it)")
         if not 1 <= moe.top_k <= moe.num_experts:
             problems.append(f"model.moe.top_k={moe.top_k} must be between 1 and model.moe.num_experts={moe.num_experts}")
         if moe.num_experts % p.expert:
@@ -113,16 +120,29 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         problems.append(f"model.gengram.conv_dilation={g.conv_dilation} must be >= 1, or null for max(orders)")
     if g.table_lr_mult <= 0:
         problems.append(f"model.gengram.table_lr_mult={g.table_lr_mult} must be positive")
+    if g.layers and p.context > 1:
+        problems.append(f"parallel.context={p.context}: Gengram layers do not support context parallelism; "
+                        f"use parallel.context=1 (or model.gengram.layers=[])")
+    if g.layers and p.sequence_parallel and p.tensor > 1 and g.orders:
+        reach = (g.conv_kernel - 1) * (g.conv_dilation or max(g.orders))
+        if cfg.data.seq_len // p.tensor < reach:
+            problems.append(f"data.seq_len={cfg.data.seq_len} / parallel.tensor={p.tensor} leaves fewer positions "
+                            f"per rank than the Gengram conv's reach ({reach}) under sequence parallelism")
 
     t = cfg.train
     if t.global_batch_size % t.micro_batch_size:
         problems.append(
             f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
             f"{t.micro_batch_size}")
-    for key in ("train.max_steps", "train.max_tokens"):
+    for key in ("train.max_steps", "train.max_tokens", "train.stop_at_step"):
         value = _get(cfg, key)
         if value is not None and value < 1:
             problems.append(f"{key}={value} must be positive (or null)")
+    for key in ("train.loss_spike_factor", "train.peak_tflops"):
+        value = _get(cfg, key)
+        if value is not None and value <= (1 if key == "train.loss_spike_factor" else 0):
+            problems.append(f"{key}={value} must be {'> 1' if key == 'train.loss_spike_factor' else 'positive'} "
+                            f"(or null)")
     s = cfg.schedule
     if not (0 <= s.warmup_fraction <= 1 and 0 <= s.decay_fraction <= 1 and s.warmup_fraction + s.decay_fraction <= 1):
         problems.append(

@@ -13,6 +13,10 @@ from typing import List, Optional
 COMMANDS = {
     "model": ("nucleotron.model.cli", "inspect a model config: architecture and total/active parameter counts"),
     "data": ("nucleotron.data_prep.cli", "DNA FASTA -> token packs: fetch, prep, stats, export-hf"),
+    "train": ("nucleotron.train.cli", "train a model from a config on token packs (auto-resumes from RUN_DIR)"),
+    "quickstart": ("nucleotron.train.quickstart", "CPU demo: synthetic genome -> packs -> baseline vs Gengram runs"),
+    "launch": ("nucleotron.launch.commands", "start runs: slurm (sbatch, requeue-safe), local (torchrun), sweep"),
+    "report": ("nucleotron.launch.report", "final validation loss per run next to the paper's numbers"),
 }
 
 

@@ -3,8 +3,9 @@
 Applied only when CUDA is absent (`apply_cpu_patches()` is a no-op on a GPU machine) so laptops and CI can smoke-test
 configs, and run TP/PP/EP equivalence tests with gloo processes. Each patch names its reason. They touch private
 internals, so they are pinned to the megatron-core version below; a different version fails loudly instead of
-half-working. Known CPU limits (not patchable in a small module): no sequence parallel (torch norms reject it), no
-MoE with TP (megatron requires SP for it), no distributed optimizer or bf16 optimizer (hard-coded cuda type checks).
+half-working. Known CPU limits (not patchable in a small module): no context parallelism (needs TransformerEngine attention), no
+distributed or bf16 optimizer (hard-coded cuda type checks). Sequence parallel and MoE+TP work through
+nucleotron.model.norm.RMSNorm.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ PROXIED_MODULES = {
     "megatron.core.tensor_parallel.data": "broadcast_data sizes tensor built with device='cuda'",
     "megatron.core.pipeline_parallel.schedules": "forward_backward_* token counter built with device='cuda'",
     "megatron.core.pipeline_parallel.p2p_communication": "p2p exchange calls torch.cuda.synchronize()",
+    "megatron.core.optimizer.optimizer": "loss-scale and found-inf tensors built with device='cuda'",
+    "megatron.core.optimizer.clip_grads": "grad-norm reduction and clipping buffers built with device='cuda'",
+    "megatron.core.utils": "local (non-apex) multi-tensor L2 norm returns a device='cuda' tensor",
+    "megatron.core.distributed.param_and_grad_buffer": "grad buffers warm up with torch.zeros(device='cuda')",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": "checkpoint writer calls torch.cuda.synchronize()",
 }
 
 
@@ -111,6 +117,18 @@ def move_to_cpu_keeping_numpy(tensor, as_numpy: bool = False, record_stream: boo
     return tensor
 
 
+def scale_grads_to_norm(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron's clip_grad_by_total_norm_fp32 without its CUDA type assertion: grads *= max_norm / total_norm."""
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff >= 1.0:
+        return
+    params = [parameters] if torch.is_tensor(parameters) else parameters
+    for param in params:
+        grad = getattr(param, "decoupled_grad", None) if use_decoupled_grad else param.grad
+        if grad is not None:
+            grad.detach().mul_(clip_coeff)
+
+
 def apply_cpu_patches() -> bool:
     """Patch megatron-core for CPU use; returns True when patches are (already) in place, False on a CUDA machine."""
     global _APPLIED
@@ -149,5 +167,10 @@ def apply_cpu_patches() -> bool:
     # gloo's all_to_all_single takes list/numpy split sizes; CPU tensors would stay tensors.
     moe_utils.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
     token_dispatcher.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
+    # The fp32 clip asserts each grad's type string is 'torch.cuda.FloatTensor'; scale the grads directly instead.
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    clip_grads.clip_grad_by_total_norm_fp32 = scale_grads_to_norm
+    optimizer.clip_grad_by_total_norm_fp32 = scale_grads_to_norm
     _APPLIED = True
     return True

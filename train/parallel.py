@@ -13,10 +13,24 @@ from nucleotron.configs import ParallelConfig
 from .cpu_mode import apply_cpu_patches
 
 
+def _ranks_from_srun() -> None:
+    """One srun task per process (no torchrun): take rank and world size from Slurm's step variables.
+
+    SLURM_STEP_NUM_TASKS exists only inside an srun step, so a batch script running the command directly stays a
+    single process. MASTER_ADDR/MASTER_PORT come from the launcher's script (the first node of the allocation).
+    """
+    if "RANK" in os.environ or "SLURM_STEP_NUM_TASKS" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_STEP_NUM_TASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
 def init_distributed(parallel: ParallelConfig, seed: int) -> None:
-    """Start torch.distributed from torchrun's env (or as a single process) and set up TP/PP/EP/CP groups."""
+    """Start torch.distributed from torchrun's or srun's env (or as one process) and set up TP/PP/EP/CP groups."""
     cpu = apply_cpu_patches()
     if not dist.is_initialized():
+        _ranks_from_srun()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         os.environ.setdefault("RANK", "0")

@@ -1,0 +1,128 @@
+"""Where numbers go: RUN_DIR/metrics.jsonl (always), Weights & Biases and TensorBoard (by config), the console.
+
+Only the logging rank (global rank 0) writes. After a resume, lines of metrics.jsonl newer than the checkpoint are
+dropped first (they were logged by the preempted job and will be logged again), so the file of a preempted and
+resumed run reads exactly like the file of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from typing import Optional
+
+from nucleotron.configs import NucleotronConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def new_wandb_run_id() -> str:
+    """An id chosen before the first `wandb.init`, so a requeued job can name the same run."""
+    return uuid.uuid4().hex[:12]
+
+
+def truncate_after(path: str, step: int) -> None:
+    """Keep only records with step <= `step` (atomically: write a temporary file, then rename)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        lines = [line for line in handle if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, cfg: NucleotronConfig, run_dir: str, active: bool, resume_step: int,
+                 wandb_run_id: Optional[str], total_steps: int):
+        self.active = active
+        self.total_steps = total_steps
+        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.wandb = None
+        self.tensorboard = None
+        self.started = time.time()
+        if not active:
+            return
+        truncate_after(self.path, resume_step)
+        self.file = open(self.path, "a", buffering=1)
+        log = cfg.logging
+        if log.wandb:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=log.wandb_project, name=log.wandb_name or cfg.run.name, tags=list(log.wandb_tags),
+                mode=log.wandb_mode, dir=run_dir, id=wandb_run_id, resume="allow",
+                config=_plain_config(cfg))
+        if log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, record: dict) -> None:
+        """One JSON line; W&B/TensorBoard get the same numbers under `train/...` or `valid/...`."""
+        if not self.active:
+            return
+        record = {k: _finite_or_none(v) for k, v in record.items()}
+        self.file.write(json.dumps(record) + "\n")
+        kind, step = record["kind"], record["step"]
+        numbers = {f"{kind}/{k}": v for k, v in record.items()
+                   if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None}
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def console(self, record: dict) -> None:
+        if not self.active:
+            return
+        step = record["step"]
+        elapsed = time.time() - self.started
+        if record["kind"] == "train":
+            parts = [f"step {step}/{self.total_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+                     f"grad {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s"]
+            if record.get("mfu") is not None:
+                parts.append(f"mfu {100 * record['mfu']:.1f}%")
+            if record.get("skipped_steps"):
+                parts.append(f"skipped {record['skipped_steps']}")
+        else:
+            parts = [f"valid @ {step}", f"loss {record['loss']:.4f}", f"{record['bits_per_base']:.4f} bits/base"]
+            parts += [f"{g} {record[g + '/loss']:.4f}" for g in ("human", "nonhuman") if g + "/loss" in record]
+        parts.append(f"{elapsed / 60:.1f} min")
+        print(" | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _plain_config(cfg: NucleotronConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def note(message: str) -> None:
+    print(f"[nucleotron] {message}", file=sys.stderr, flush=True)
