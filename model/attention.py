@@ -62,12 +62,10 @@ class SDPAAttention(_FusedCoreAttention):
 
     def attend(self, query, key, value, attention_mask, causal: bool):
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, dim]
-        if k.shape[1] != q.shape[1]:  # GQA: each key/value group serves heads/groups query heads
-            repeat = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         mask = None if attention_mask is None else ~attention_mask
+        # GQA: SDPA maps each key/value group to heads/groups query heads itself, without copying K/V.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                             scale=self.softmax_scale)
+                                             scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
         return out.permute(2, 0, 1, 3)  # [s, b, heads, v_dim]
 
 

@@ -40,6 +40,7 @@ class TrainerState:
     consumed_samples: int = 0
     skipped_steps: int = 0
     recent_losses: List[float] = field(default_factory=list)  # the loss-spike detector's window
+    unlogged_losses: List[float] = field(default_factory=list)  # since the last log line (which logs their mean)
     scheduler: dict = field(default_factory=dict)
     wandb_run_id: Optional[str] = None
     config_yaml: str = ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -11,6 +12,12 @@ from megatron.core import parallel_state, tensor_parallel
 from nucleotron.configs import ParallelConfig
 
 from .cpu_mode import apply_cpu_patches
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _ranks_from_srun() -> None:
@@ -32,11 +39,16 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> None:
     if not dist.is_initialized():
         _ranks_from_srun()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())  # one process: never collide with another run
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         if not cpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # CPU mode: share the cores between this machine's ranks instead of oversubscribing them
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
         dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=10))
     world = dist.get_world_size()
     model_parallel = parallel.tensor * parallel.pipeline * parallel.context

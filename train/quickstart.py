@@ -61,15 +61,15 @@ def _motif_genome(rng: np.random.Generator, motifs: List[np.ndarray], repeat: np
 def write_genomes(out: Path, megabases: float, seed: int = 2026) -> Path:
     """human.fa and chimp.fa (5 chromosomes each; chimp ~2% diverged, half its motifs its own) and sources.tsv."""
     rng = np.random.default_rng(seed)
-    shared = [_random_bases(rng, int(rng.integers(12, 25))) for _ in range(48)]
-    chimp_only = [_random_bases(rng, int(rng.integers(12, 25))) for _ in range(24)]
+    shared = [_random_bases(rng, int(rng.integers(16, 32))) for _ in range(16)]
+    chimp_only = [_random_bases(rng, int(rng.integers(16, 32))) for _ in range(8)]
     repeat = _random_bases(rng, 300)
     per_chrom = int(megabases * 1e6 / 2 / 5)
     out.mkdir(parents=True, exist_ok=True)
-    for name, motifs, divergence in (("human", shared, 0.0), ("chimp", shared[:24] + chimp_only, 0.02)):
+    for name, motifs, divergence in (("human", shared, 0.0), ("chimp", shared[:8] + chimp_only, 0.02)):
         with open(out / f"{name}.fa.tmp", "w") as handle:
             for chrom in range(1, 6):
-                seq = _motif_genome(rng, motifs, repeat, per_chrom, motif_rate=0.02, divergence=divergence)
+                seq = _motif_genome(rng, motifs, repeat, per_chrom, motif_rate=0.05, divergence=divergence)
                 handle.write(f">chr{chrom}\n")
                 for i in range(0, len(seq), 80):
                     handle.write(seq[i:i + 80].decode() + "\n")
@@ -105,7 +105,7 @@ def main(argv: List[str]) -> int:
         prog="nucleotron quickstart",
         description="CPU demo with no downloads: synthetic genome -> packs -> a baseline and a Gengram model.")
     parser.add_argument("--out", default="quickstart", help="working folder (default ./quickstart)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps per model (default 150)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per model (default 400)")
     parser.add_argument("--genome-mb", type=float, default=2.0, help="synthetic genome size in Mb (default 2)")
     parser.add_argument("--seq-len", type=int, default=256, help="pack sequence length (default 256)")
     parser.add_argument("--wandb", choices=("offline", "off"), default="offline",
@@ -122,7 +122,7 @@ def main(argv: List[str]) -> int:
         _run(_nucleotron("data", "prep", "--sources", str(sources), "--seq-len", str(args.seq_len), "--out",
                          str(pack), "--valid-chroms", "chr5", "--no-progress"))
     runs = {"baseline": ["model.gengram.layers=[]"], "gengram": []}
-    common = [f"data.packs={pack}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}",
+    common = [f"data.packs={pack}", f"train.max_steps={args.steps}", "train.global_batch_size=8", f"train.eval_every={args.steps}",
               f"checkpoint.every={args.steps}", f"train.log_every={max(1, args.steps // 10)}"]
     if args.wandb == "offline":
         common += ["logging.wandb=true", "logging.wandb_mode=offline", "logging.wandb_project=nucleotron-quickstart"]

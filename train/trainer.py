@@ -351,15 +351,18 @@ def _train(cfg: NucleotronConfig, watch: PreemptionWatch) -> int:
             if gpu:
                 torch.cuda.synchronize()
             step_times.append(time.perf_counter() - started)
+            state.unlogged_losses.append(loss)
             state.step += 1
             state.consumed_samples += t.global_batch_size
 
             if state.step % t.log_every == 0 or state.step == total_steps:
                 seconds = sum(step_times) / len(step_times)
+                mean_loss = sum(state.unlogged_losses) / len(state.unlogged_losses)
                 step_times.clear()
+                state.unlogged_losses = []
                 tokens_per_s = t.global_batch_size * seq_len / seconds
                 per_device = tokens_per_s / dist.get_world_size()
-                record = {"kind": "train", "step": state.step, "loss": loss,
+                record = {"kind": "train", "step": state.step, "loss": mean_loss,
                           "lr": get_canonical_lr_for_logging(optimizer.param_groups), "grad_norm": float(grad_norm),
                           "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
                           "mfu": mfu(flops_per_token, per_device, peak), "step_seconds": seconds,
