@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(paper 8k: 5120); off when omitted")
     prep.add_argument("--valid-chroms", type=_csv, default=[], help="e.g. chr20")
     prep.add_argument("--test-chroms", type=_csv, default=[], help="e.g. chr21,chr22")
+    prep.add_argument("--allow-unsplit-human", action="store_true",
+                      help="with held-out chromosomes, let human assemblies whose records carry no chromosome names "
+                           "(HPRC contigs without a chrom_map) go entirely to train instead of stopping; they may "
+                           "leak held-out sequence into train")
     prep.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     prep.add_argument("--work-dir", default=None, help="resumable work files (default OUT.work)")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomic swap)")
@@ -71,8 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 sources=args.sources, seq_len=args.seq_len, out=args.out, min_len=args.min_len,
                 n_run=args.split_n_run, max_n_fraction=args.max_n_fraction, rc_probability=args.rc_probability,
                 seed=args.seed, gene_window=args.gene_window, valid_chroms=args.valid_chroms,
-                test_chroms=args.test_chroms, workers=args.workers, work_dir=args.work_dir,
-                overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.no_progress))
+                test_chroms=args.test_chroms, allow_unsplit_human=args.allow_unsplit_human, workers=args.workers,
+                work_dir=args.work_dir, overwrite=args.overwrite, keep_work=args.keep_work,
+                progress=not args.no_progress))
         elif args.command == "stats":
             from .stats import format_stats, pack_stats
             result = pack_stats(args.dir)

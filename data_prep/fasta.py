@@ -1,16 +1,18 @@
 """Streaming FASTA indexing and per-record reads, bounded by one record's size, never the file's.
 
-One pass over the file computes its sha256, finds every record (name, header text, byte span, base count) and
-checks the structure (a header first, no empty records, no duplicate names). Gzip/bgzip input is decompressed in the
-same pass into a work file, so later per-record reads are plain seeks. We do not use pyfaidx here because its index
-rejects files whose lines are not all the same length and needs Biopython for bgzip; the benchmark compares our
-throughput against a bare pyfaidx read.
+One pass over the file computes its sha256, finds every record (name, header text, byte span) and checks the
+structure (a header first, no empty records, no duplicate names). Base counts are not taken here: the worker that
+tokenises a record gets them for free (the token string's length), so this pass costs one read and one hash.
+Gzip/bgzip input is decompressed in the same pass into a work file, so later per-record reads are plain seeks. We do
+not use pyfaidx here because its index rejects files whose lines are not all the same length and needs Biopython for
+bgzip; the benchmark compares our throughput against a bare pyfaidx read.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
@@ -19,6 +21,7 @@ from .errors import DataPrepError
 
 CHUNK = 16 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+_NON_BLANK = re.compile(rb"\S")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,6 @@ class Record:
     description: str   # the rest of the header line
     seq_start: int     # byte offset of the first sequence line in the (decompressed) file
     seq_end: int       # byte offset where the next header starts (or the file size)
-    bases: int
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,9 @@ def index_fasta(source: str, plain_out: Optional[str] = None, progress=None) -> 
     return FastaIndex(source=source, plain_path=plain, sha256=hashing.sha.hexdigest(), size=size, records=records)
 
 
-def _scan(stream, source: str, copy_to: Optional[BinaryIO], progress) -> List[tuple]:
-    """Return [(header_offset, line_breaks_before_header)] plus a final (end_offset, total_line_breaks)."""
-    headers, offset, breaks, at_line_start, seen_content = [], 0, 0, True, False
+def _scan(stream, source: str, copy_to: Optional[BinaryIO], progress) -> List[int]:
+    """Return the byte offset of every header line plus, last, the end of the data."""
+    headers, offset, at_line_start, seen_content = [], 0, True, False
     buffer = bytearray(CHUNK)             # reused: no fresh 16 MiB allocation (and its page faults) per chunk
     while True:
         size = stream.readinto(buffer)
@@ -104,38 +106,31 @@ def _scan(stream, source: str, copy_to: Optional[BinaryIO], progress) -> List[tu
         if copy_to is not None:
             copy_to.write(chunk)
         if not seen_content:
-            stripped = chunk.lstrip()
-            if stripped:
+            first = _NON_BLANK.search(chunk)
+            if first:
                 seen_content = True
-                if not stripped.startswith(b">"):
+                if chunk[first.start()] != ord(">"):
                     raise DataPrepError(f"{source}: no FASTA header: the first non-blank line does not start with "
-                                        f"'>' (byte {len(chunk) - len(stripped)}); is this a FASTA file?")
-        positions = []
+                                        f"'>' (byte {offset + first.start()}); is this a FASTA file?")
         found = chunk.find(b">")          # one-byte search is memchr-fast; '>' is rare outside headers
         while found != -1:
             if (chunk[found - 1:found] == b"\n") if found else at_line_start:
-                positions.append(found)
+                headers.append(offset + found)
             found = chunk.find(b">", found + 1)
-        last, has_cr = 0, chunk.find(b"\r") != -1   # memchr-fast; most files have no CR, so skip counting them
-        for pos in positions:
-            breaks += chunk.count(b"\n", last, pos) + (chunk.count(b"\r", last, pos) if has_cr else 0)
-            headers.append((offset + pos, breaks))
-            last = pos
-        breaks += chunk.count(b"\n", last) + (chunk.count(b"\r", last) if has_cr else 0)
         at_line_start = chunk.endswith(b"\n")
         offset += len(chunk)
         if progress is not None:
             progress(len(chunk))
     if not headers:
         raise DataPrepError(f"{source}: contains no FASTA records (no line starting with '>')")
-    headers.append((offset, breaks))
+    headers.append(offset)
     return headers
 
 
-def _records(plain: str, source: str, headers: List[tuple]) -> List[Record]:
+def _records(plain: str, source: str, headers: List[int]) -> List[Record]:
     records, seen = [], set()
     with open(plain, "rb") as handle:
-        for (start, breaks), (end, breaks_next) in zip(headers, headers[1:]):
+        for start, end in zip(headers, headers[1:]):
             handle.seek(start)
             line = handle.readline()
             text = line[1:].rstrip(b"\r\n").decode("ascii", errors="replace")
@@ -147,17 +142,39 @@ def _records(plain: str, source: str, headers: List[tuple]) -> List[Record]:
                 raise DataPrepError(f"{source}: duplicate record name {name!r} (second one at byte {start}); "
                                     f"record names must be unique within an assembly")
             seen.add(name)
-            line_breaks_in_header = line.count(b"\n") + line.count(b"\r")
             seq_start = start + len(line)
-            bases = (end - seq_start) - (breaks_next - breaks - line_breaks_in_header)
-            if bases <= 0:
+            if not _has_bases(handle, end - seq_start):
                 raise DataPrepError(f"{source}: record {name!r} is empty (header at byte {start}); remove it")
-            records.append(Record(name, parts[1] if len(parts) > 1 else "", seq_start, end, bases))
+            records.append(Record(name, parts[1] if len(parts) > 1 else "", seq_start, end))
     return records
 
 
-def read_record(plain_path: str, record: Record) -> bytes:
-    """The record's sequence lines exactly as in the file (line breaks included; tokens.encode drops them)."""
-    with open(plain_path, "rb") as handle:
-        handle.seek(record.seq_start)
-        return handle.read(record.seq_end - record.seq_start)
+def _has_bases(handle: BinaryIO, span: int) -> bool:
+    """Whether the next `span` bytes hold anything but line breaks; stops at the first block that does."""
+    while span > 0:
+        block = handle.read(min(span, 1 << 16))
+        if not block:
+            return False
+        if block.strip(b"\r\n"):
+            return True
+        span -= len(block)
+    return False
+
+
+def read_record(handle: BinaryIO, record: Record, buffer: bytearray) -> bytearray:
+    """The record's sequence lines exactly as in the file (line breaks included), in `buffer` or, if it is too
+    small, a new one. Reusing the buffer across records spares large reads from page-faulting fresh memory."""
+    size = record.seq_end - record.seq_start
+    if len(buffer) < size:
+        buffer = bytearray(size)
+    elif len(buffer) > size:
+        del buffer[size:]
+    view, done = memoryview(buffer), 0
+    handle.seek(record.seq_start)
+    while done < size:                     # one read(2) returns at most ~2 GiB
+        got = handle.readinto(view[done:])
+        if not got:
+            raise DataPrepError(f"{handle.name}: ends inside record {record.name!r}; the file changed after "
+                                f"indexing, re-run `data prep`")
+        done += got
+    return buffer

@@ -49,8 +49,10 @@ def _merge(pairs: List[Tuple[int, int]]) -> Intervals:
     return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
 
 
-def near_gene(intervals: Intervals, start: int, end: int) -> bool:
-    """True if [start, end) overlaps a widened gene interval."""
-    starts, ends = intervals
-    i = int(np.searchsorted(starts, end, side="left")) - 1
-    return i >= 0 and int(ends[i]) > start
+def near_gene(intervals: Intervals, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For each [start, end): does it overlap a widened gene interval?"""
+    gene_starts, gene_ends = intervals
+    if not len(gene_starts):
+        return np.zeros(len(starts), dtype=bool)
+    last = np.searchsorted(gene_starts, ends, side="left") - 1      # the last gene starting before each end
+    return (last >= 0) & (gene_ends[np.maximum(last, 0)] > starts)

@@ -114,3 +114,14 @@ def test_refuses_existing_dir_without_overwrite(workspace, capsys):
     capsys.readouterr()
     assert run(workspace, overwrite=False) == 1
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_record_stops_the_workers_waiting_for_it(workspace, capsys):
+    """The next record of the pack waits for the failing one's size; the stop flag must release it, and the pool must
+    be joined, not terminated (a worker killed while returning its result hangs Pool.terminate)."""
+    bad = make_genome(3, {"chr1": 400_000})["chr1"][:-1] + b"U"
+    write_fasta(str(workspace / "ape.fa"), [("chr1", bad), ("chr2", b"ACGT" * 300)])
+    for _ in range(5):
+        fails_with(workspace, capsys, f"{workspace / 'ape.fa'}: record 'chr1': illegal character 'U' at base 400000")
+    assert not (workspace / "pack.work" / "stop").exists() and not list(workspace.rglob("stop"))
