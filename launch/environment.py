@@ -1,4 +1,4 @@
-"""The environment every training rank gets in a Slurm job: NCCL, threading and CPU-mode settings, in one place.
+"""The environment every training rank gets in a Slurm job: NCCL and threading settings, in one place.
 
 Defaults are written as `${NAME:-default}` so a value the user exported before `sbatch` (sbatch passes the
 submitting shell's environment) wins; `--env NAME=VALUE` sets a value outright.
@@ -18,15 +18,12 @@ GPU = (
     ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1", "a failed collective aborts the job instead of hanging it"),
     ("NCCL_DEBUG", "WARN", "NCCL problems show up in the job log"),
 )
-CPU = (
-    ("TRITON_INTERPRET", "1", "no GPU: the Gengram Triton kernels run in Triton's interpreter"),
-)
 
 
 def default_settings(options: SlurmOptions) -> Tuple[Tuple[str, str, str], ...]:
     threads = ("OMP_NUM_THREADS", str(options.cpus_per_task or 1), "--cpus-per-task threads per process, not one "
                "per core of the machine")
-    return COMMON + (threads,) + (GPU if options.gpus_per_node > 0 else CPU)
+    return COMMON + (threads,) + (GPU if options.gpus_per_node > 0 else ())  # CPU: Gengram's PyTorch path
 
 
 def render_environment(options: SlurmOptions) -> str:

@@ -125,7 +125,9 @@ class SlurmCluster:
     def __init__(self, root: Path = DEFAULT_ROOT):
         self.root = Path(root)
         self.conf = self.root / "slurm.conf"
-        self.env: Dict[str, str] = dict(os.environ, SLURM_CONF=str(self.conf))
+        # sbatch passes this environment to jobs: no TRITON_INTERPRET (CPU training takes Gengram's PyTorch path)
+        self.env: Dict[str, str] = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        self.env["SLURM_CONF"] = str(self.conf)
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run(list(cmd), capture_output=True, text=True, env=self.env, timeout=60)

@@ -17,8 +17,8 @@ from nucleotron.data_prep.synthetic import make_genome, write_fasta
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 CONFIG = "configs/experiments/tiny-cpu.yaml"
-STEPS = 8
-TRAIN = [f"train.max_steps={STEPS}", "checkpoint.every=2", "train.log_every=1", f"train.eval_every={STEPS}"]
+STEPS = 60  # long enough that each signal in the requeue test lands mid-run on a fast machine
+TRAIN = [f"train.max_steps={STEPS}", "checkpoint.every=4", "train.log_every=1", f"train.eval_every={STEPS}"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def packs(tmp_path_factory):
 
 
 def nucleotron(*args, env=None, timeout=300):
+    env = {k: v for k, v in (env or os.environ).items() if k != "TRITON_INTERPRET"}  # CPU runs: Gengram's torch path
     return subprocess.run(["nucleotron", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -54,7 +55,8 @@ class Background:
     def __init__(self, args, log: Path):
         self.log = log
         with open(log, "w") as handle:  # a file, not a pipe: nobody reads while it runs
-            self.proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as nucleotron() does
+            self.proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, timeout=600) -> None:
         self.proc.wait(timeout=timeout)

@@ -56,7 +56,7 @@ def test_gpu_and_cpu_jobs_differ_where_they_should(tmp_path):
     assert "CUDA_DEVICE_MAX_CONNECTIONS" in gpu and "TRITON_INTERPRET" not in gpu
     _, cpu = render(tmp_path, SlurmOptions(gpus_per_node=0, ntasks_per_node=3))
     assert not any("--gpus" in line for line in directives(cpu)) and "#SBATCH --ntasks-per-node=3" in directives(cpu)
-    assert "TRITON_INTERPRET" in cpu and "NCCL" not in cpu
+    assert "NCCL" not in cpu and "TRITON_INTERPRET" not in cpu  # CPU jobs take Gengram's PyTorch path
 
 
 def test_sbatch_values_are_quoted_for_sbatch_not_for_bash():

@@ -3,12 +3,14 @@ import json
 import subprocess
 import sys
 
+from train_runs import training_env
+
 
 def test_quickstart_preps_trains_both_models_and_reports(tmp_path):
     out = tmp_path / "qs"
     command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "12",
                "--genome-mb", "0.4", "--seq-len", "128"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((out / "packs" / "seq128" / "manifest.json").read_text())
     assert manifest["seq_len"] == 128 and set(manifest["blend"]) == {"train", "valid"}

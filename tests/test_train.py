@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from train_runs import TINY, checkpoints, losses, make_pack, metrics, run_train, train_command
+from train_runs import TINY, checkpoints, losses, make_pack, metrics, run_train, train_command, training_env
 
 REQUEUE = 75
 
@@ -89,7 +89,7 @@ def test_sigterm_to_the_process_group_saves_exits_for_requeue_and_resumes_exactl
     checkpoint writer's helper process): save at the next step boundary, exit 75, resume bit-identically."""
     run_dir = tmp_path / "run"
     process = subprocess.Popen(train_command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, env=training_env())
     _wait_for_step(run_dir, 5, process)  # after the step-4 checkpoint, so the writer's helper process exists
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=300)
@@ -149,7 +149,7 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
         "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
     base = train_command(pack, tmp_path / "skip")[3:]  # drop "python -m nucleotron.launch.cli"
     result = subprocess.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"], capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, env=training_env())
     assert result.returncode == 0, result.stderr[-3000:]
     train = [r for r in metrics(tmp_path / "skip") if r["kind"] == "train"]
     assert train[2]["loss"] is None and train[2]["skipped_steps"] == 1 and train[-1]["skipped_steps"] == 1
@@ -157,24 +157,29 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
     assert "step 3: loss is nan; skipping the update" in result.stderr
 
     stop = train_command(pack, tmp_path / "stop")[3:] + ["train.bad_loss=stop", "train.max_steps=4", "train.eval_every=100"]
-    result = subprocess.run([sys.executable, "-c", inject, *stop], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", inject, *stop], capture_output=True, text=True, timeout=600,
+                            env=training_env())
     assert result.returncode == 1
     assert "step 3: loss is nan; stopping (train.bad_loss=stop)" in result.stderr
 
 
-def test_two_process_tensor_parallel_run_trains_and_resumes(pack, straight, tmp_path):
-    """torchrun, 2 gloo processes, TP=2: stopped at step 4 and resumed, it tracks the single-process run (same
-    initial weights; only the order of floating-point sums differs), so resume lost nothing under TP either."""
+def test_two_process_tensor_parallel_run_trains_resumes_and_reshards(pack, straight, tmp_path):
+    """torchrun, 2 gloo processes, TP=2: stopped at step 4 and resumed to step 6, then resumed by ONE process (TP=1,
+    the checkpoint resharded). It tracks the single-process run throughout (same initial weights; only the order of
+    floating-point sums differs), so neither resume nor resharding lost model, optimizer, schedule or data position."""
     run_dir = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    for extra in (["train.stop_at_step=4"], []):
-        command = torchrun + train_command(pack, run_dir, "parallel.tensor=2", *extra)[1:]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    for stop in (4, 6):
+        command = torchrun + train_command(pack, run_dir, "parallel.tensor=2", f"train.stop_at_step={stop}")[1:]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=training_env())
         assert result.returncode == 0, result.stderr[-5000:]
-    assert "TP 2" in result.stderr and "at step 4" in result.stderr
-    tp2, tp1 = losses(run_dir), losses(straight)
-    assert [(kind, step) for kind, step, _ in tp2] == [(kind, step) for kind, step, _ in tp1]
-    for (_, step, a), (_, _, b) in zip(tp2, tp1):
+        assert "TP 2" in result.stderr
+    assert "at step 4" in result.stderr
+    result = run_train(pack, run_dir)
+    assert "at step 6" in result.stderr and "resharded" in result.stderr
+    mixed, single = losses(run_dir), losses(straight)
+    assert [(kind, step) for kind, step, _ in mixed] == [(kind, step) for kind, step, _ in single]
+    for (_, step, a), (_, _, b) in zip(mixed, single):
         assert a == pytest.approx(b, rel=2e-4), step
 
 

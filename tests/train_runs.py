@@ -31,13 +31,20 @@ def make_pack(root: Path, seq_len: int = 128) -> Path:
     return pack
 
 
+def training_env() -> dict:
+    """The test process's environment without TRITON_INTERPRET (conftest sets it for the in-process kernel tests):
+    a CPU training run takes Gengram's PyTorch path, as a user's CPU run does, instead of Triton's slow interpreter."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 def train_command(pack: Path, run_dir: Path, *overrides: str) -> List[str]:
     return [sys.executable, "-m", "nucleotron.launch.cli", "train", "--config", TINY, f"data.packs={pack}",
             f"run.dir={run_dir}", *FAST, *overrides]
 
 
 def run_train(pack: Path, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(train_command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
+                            env=training_env())
     assert result.returncode == expect, (
         f"exit {result.returncode}, expected {expect}\n--- stdout\n{result.stdout[-3000:]}\n"
         f"--- stderr\n{result.stderr[-5000:]}")

@@ -189,11 +189,12 @@ def _is_bad(loss: float, recent: List[float], spike_factor: Optional[float]) -> 
 
 
 def train(cfg: NucleotronConfig) -> int:
+    # The handlers stay installed until the process exits: a signal during the final validation or save (or
+    # teardown) is recorded, not fatal, and the finished run still exits 0.
     watch = PreemptionWatch().install()
     try:
         return _train(cfg, watch)
     finally:
-        watch.uninstall()
         destroy_distributed()
 
 
