@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Optional
 
-from nucleotron.configs import NucleotronConfig
+from nucleotron.configs import ConfigError, NucleotronConfig
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,7 +71,11 @@ class MetricsLogger:
                 mode=log.wandb_mode, dir=run_dir, id=wandb_run_id, resume="allow",
                 config=_plain_config(cfg))
         if log.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("logging.tensorboard=true needs the tensorboard package: `pip install tensorboard`, "
+                                  "or log to W&B (logging.wandb=true) / metrics.jsonl only") from None
 
             self.tensorboard = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resume_step + 1)
 
