@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
 
+from .files import write_text_atomic
+
 FORMAT_VERSION = 1
 STATE_FILE = "nucleotron.json"
 LATEST = "latest"
@@ -118,15 +120,6 @@ def _file_sizes(directory: str) -> dict:
     return sizes
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     model_state = model.sharded_state_dict()
     return {"model": model_state, "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading)}
@@ -149,11 +142,11 @@ def save_checkpoint(ckpt_root: str, model, optimizer, state: TrainerState, keep:
     if _rank() == 0:
         record = {"format_version": FORMAT_VERSION, "world_size": _world(), **state.__dict__,
                   "files": _file_sizes(tmp)}
-        _write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(record, indent=1))
+        write_text_atomic(os.path.join(tmp, STATE_FILE), json.dumps(record, indent=1))
         if os.path.exists(final):  # a re-save of the same step (e.g. a signal right after a scheduled save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_atomic(os.path.join(ckpt_root, LATEST), name + "\n")
+        write_text_atomic(os.path.join(ckpt_root, LATEST), name + "\n")
         _prune(ckpt_root, keep)
     _barrier()
     return final

@@ -16,6 +16,8 @@ from typing import Optional
 
 from nucleotron.configs import ConfigError, NucleotronConfig
 
+from .files import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -37,10 +39,7 @@ def truncate_after(path: str, step: int) -> None:
                 kept.append(line)
         except ValueError:
             continue  # a line cut short by the kill
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.writelines(kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _finite_or_none(value):
@@ -87,7 +86,7 @@ class MetricsLogger:
         self.file.write(json.dumps(record) + "\n")
         kind, step = record["kind"], record["step"]
         numbers = {f"{kind}/{k}": v for k, v in record.items()
-                   if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None}
+                   if k not in ("kind", "step") and isinstance(v, (int, float))}
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
         if self.tensorboard is not None:

@@ -7,7 +7,6 @@ overrides, keyed on the attributes `model/gengram.py` puts on the tables.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +103,3 @@ def hook_model_config(model, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = model.no_sync
 
-
-def steps_for_tokens(max_tokens: float, global_batch_size: int, seq_len: int) -> int:
-    return max(1, math.ceil(max_tokens / (global_batch_size * seq_len)))

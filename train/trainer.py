@@ -32,7 +32,8 @@ from . import checkpoint as ckpt
 from .data import GlobalBatchSampler, build_train_dataset, build_valid_datasets, fixed_micro_batches, micro_batches, stack
 from .metrics import MetricsLogger, new_wandb_run_id, note
 from .mfu import mfu, peak_tflops
-from .optimizer import build_optimizer, hook_model_config, steps_for_tokens, wrap_ddp
+from .files import write_text_atomic
+from .optimizer import build_optimizer, hook_model_config, wrap_ddp
 from .parallel import destroy_distributed, init_distributed
 from .signals import PREEMPTION_SIGNALS, PreemptionWatch
 
@@ -157,7 +158,7 @@ def _total_steps(cfg: NucleotronConfig, seq_len: int) -> int:
     if cfg.train.max_steps is not None:
         return int(cfg.train.max_steps)
     if cfg.train.max_tokens is not None:
-        return steps_for_tokens(cfg.train.max_tokens, cfg.train.global_batch_size, seq_len)
+        return max(1, math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * seq_len)))
     raise ConfigError("set train.max_steps or train.max_tokens (the run's length)")
 
 
@@ -170,8 +171,7 @@ def _wandb_run_id(run_dir: str, saved: Optional[str]) -> str:
         with open(path) as handle:
             return handle.read().strip()
     run_id = new_wandb_run_id()
-    with open(path, "w") as handle:
-        handle.write(run_id + "\n")
+    write_text_atomic(path, run_id + "\n")
     return run_id
 
 
@@ -270,7 +270,7 @@ def _train(cfg: NucleotronConfig, watch: PreemptionWatch) -> int:
             note(f"resumed from {resume_dir} at step {state.step} ({state.consumed_samples:,} samples consumed)")
     state.config_yaml = to_yaml(cfg)
     if rank == 0:
-        _write_text(os.path.join(run_dir, "config.yaml"), state.config_yaml)
+        write_text_atomic(os.path.join(run_dir, "config.yaml"), state.config_yaml)
         if cfg.logging.wandb:
             state.wandb_run_id = _wandb_run_id(run_dir, state.wandb_run_id)
 
@@ -398,9 +398,3 @@ def _gathered_stats(model) -> Dict[str, float]:
             merged.setdefault(key, []).append(value)
     return {key: sum(values) / len(values) for key, values in sorted(merged.items())}
 
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
