@@ -2,10 +2,16 @@
 
     python benchmarks/data_prep.py --size 200      # Mb of synthetic genome (soft-masked runs, N gaps)
 
-Reports prep throughput in bases/s per worker beside pyfaidx's single-process read throughput (ratio; target >= 1.0:
-a worker cuts and writes bases at least as fast as pyfaidx alone reads them), the same per CPU-second (what a run
-costs, whatever else shares the machine), and peak resident memory of the prep main process and of its largest
-worker, as a multiple of the largest contig.
+Throughput is bases per second per core, compared at equal parallelism, because cores of one machine are not
+independent (shared memory bandwidth, and on a VM host threads that share physical cores):
+- 1 core : `data prep` with 1 worker vs one process reading every record with pyfaidx;
+- N cores: `data prep` with N workers (default: all cores), per worker, vs N pyfaidx reads running at the same time,
+  per process.
+Ratio >= 1.0 is the target: tokenising, cutting, reverse-complementing and writing cost nothing over reading.
+Prep's time includes its own index pass (sha256 + record offsets) on the fresh file; pyfaidx's .fai is built
+beforehand and timed apart. Each configuration runs --repeats times, alternating baseline and prep; the median and
+range are printed. Also printed: CPU seconds (less sensitive than wall time to other jobs on the machine) and peak
+resident memory of the prep main process and of its largest worker, as a multiple of the largest contig.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,21 +50,24 @@ def _peak_mib(who) -> float:
 
 
 def _cpu_s() -> float:
-    """CPU seconds of this process and its finished children (pool workers): unlike wall time, not inflated by
-    other jobs on a shared machine."""
+    """CPU seconds of this process and its finished children (pool workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _pyfaidx_index(path: str, queue) -> None:
+    import pyfaidx
+    start = time.perf_counter()
+    pyfaidx.Fasta(path)                    # builds the .fai beside the file
+    queue.put({"index_s": time.perf_counter() - start})
+
+
 def _pyfaidx_read(path: str, queue) -> None:
     import pyfaidx
-    start, cpu = time.perf_counter(), _cpu_s()
-    fasta = pyfaidx.Fasta(path, sequence_always_upper=True)   # builds the .fai
-    index_s, index_cpu_s = time.perf_counter() - start, _cpu_s() - cpu
+    fasta = pyfaidx.Fasta(path, sequence_always_upper=True)
     start, cpu = time.perf_counter(), _cpu_s()
     bases = sum(len(fasta[name][:].seq) for name in fasta.keys())
-    queue.put({"bases": bases, "index_s": index_s, "read_s": time.perf_counter() - start, "index_cpu_s": index_cpu_s,
-               "read_cpu_s": _cpu_s() - cpu, "peak_mib": _peak_mib(resource.RUSAGE_SELF)})
+    queue.put({"bases": bases, "start": start, "end": time.perf_counter(), "cpu_s": _cpu_s() - cpu})
 
 
 def _prep(sources: str, out: str, seq_len: int, workers: int, queue) -> None:
@@ -71,14 +81,31 @@ def _prep(sources: str, out: str, seq_len: int, workers: int, queue) -> None:
                "worker_peak_mib": _peak_mib(resource.RUSAGE_CHILDREN)})
 
 
-def _in_child(target, *args) -> dict:
+def _in_children(target, count: int, *args) -> list:
+    """Run `count` copies of target(*args, queue) at once, each in a fresh forked process; their results."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    procs = [ctx.Process(target=target, args=(*args, queue)) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return results
+
+
+def _baseline(fasta: str, processes: int) -> dict:
+    """`processes` pyfaidx reads of the whole genome at once: bases per second per process (all bases read over
+    the time from the first start to the last end, divided by the processes), like prep's per-worker figure."""
+    runs = _in_children(_pyfaidx_read, processes, fasta)
+    wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    return {"rate": sum(r["bases"] for r in runs) / wall / processes, "wall_s": wall,
+            "cpu_s": sum(r["cpu_s"] for r in runs), "bases": sum(r["bases"] for r in runs)}
+
+
+def _fmt_range(values: list, fmt: str = "{:.2f}") -> str:
+    return (fmt.format(statistics.median(values)) + " (" + fmt.format(min(values)) + "-" + fmt.format(max(values))
+            + ")") if len(values) > 1 else fmt.format(values[0])
 
 
 def main() -> int:
@@ -86,50 +113,54 @@ def main() -> int:
     parser.add_argument("--size", type=float, default=200.0, help="genome size in Mb (default 200)")
     parser.add_argument("--contig", type=float, default=25.0, help="contig size in Mb (default 25)")
     parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration (default 3)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed after)")
     args = parser.parse_args()
 
     scratch = args.dir or tempfile.mkdtemp(prefix="nucleotron-bench-")
     os.makedirs(scratch, exist_ok=True)
+    rows = {}
     try:
         fasta = os.path.join(scratch, "genome.fa")
         start = time.perf_counter()
         bases, largest = write_genome(fasta, args.size, args.contig, seed=1)
         print(f"genome: {bases:,} bases, largest contig {largest:,}, {os.path.getsize(fasta) / 1e6:.0f} MB FASTA, "
               f"written in {time.perf_counter() - start:.1f} s")
-        half = os.path.join(scratch, "sources.tsv")   # the same file as both groups so the 1:1 blend exists
+        print(f"python {platform.python_version()}, {os.cpu_count()} cores, seq_len {args.seq_len}, "
+              f"repeats {args.repeats}", flush=True)
+        sources = os.path.join(scratch, "sources.tsv")    # the same file as both groups so the 1:1 blend exists
         os.symlink(fasta, os.path.join(scratch, "genome2.fa"))
-        with open(half, "w") as handle:
+        with open(sources, "w") as handle:
             handle.write("path\tgroup\tassembly\ngenome.fa\thuman\tsynthetic_h\ngenome2.fa\tnonhuman\tsynthetic_n\n")
-        baseline = _in_child(_pyfaidx_read, fasta)
-        prep = _in_child(_prep, half, os.path.join(scratch, "pack"), args.seq_len, args.workers)
+        index_s = _in_children(_pyfaidx_index, 1, fasta)[0]["index_s"]
+        for cores in sorted({1, args.workers}):
+            for repeat in range(args.repeats):
+                base = _baseline(fasta, cores)
+                out = os.path.join(scratch, f"pack-{cores}-{repeat}")
+                prep = _in_children(_prep, 1, sources, out, args.seq_len, cores)[0]
+                shutil.rmtree(out)
+                prep["rate"] = 2 * bases / prep["wall_s"] / cores
+                rows.setdefault(cores, []).append((base, prep))
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    pyfaidx_rate = baseline["bases"] / baseline["read_s"]
-    prep_bases = 2 * bases
-    per_worker = prep_bases / prep["wall_s"] / args.workers
-    print(f"python {platform.python_version()}, {os.cpu_count()} cores, workers {args.workers}, "
-          f"seq_len {args.seq_len}")
-    print(f"pyfaidx baseline : index {baseline['index_s']:.2f} s, read {baseline['read_s']:.2f} s = "
-          f"{pyfaidx_rate / 1e6:.1f} Mb/s (1 process), peak RSS {baseline['peak_mib']:.0f} MiB")
-    print(f"data prep        : {prep_bases:,} bases (genome x 2 assemblies) in {prep['wall_s']:.2f} s = "
-          f"{prep_bases / prep['wall_s'] / 1e6:.1f} Mb/s total, {per_worker / 1e6:.1f} Mb/s per worker, "
-          f"{prep['tokens']:,} tokens written")
-    with_index = baseline["bases"] / (baseline["index_s"] + baseline["read_s"])
-    print(f"ratio            : prep per worker / pyfaidx read = {per_worker / pyfaidx_rate:.2f} (target >= 1.0); "
-          f"vs pyfaidx index + read ({with_index / 1e6:.1f} Mb/s) = {per_worker / with_index:.2f}")
-    per_cpu_s = prep_bases / prep["cpu_s"]
-    read_cpu, index_read_cpu = baseline["read_cpu_s"], baseline["index_cpu_s"] + baseline["read_cpu_s"]
-    print(f"CPU time         : prep {prep['cpu_s']:.2f} CPU-s = {per_cpu_s / 1e6:.1f} Mb per CPU-second; pyfaidx read "
-          f"{read_cpu:.2f} CPU-s, index + read {index_read_cpu:.2f} CPU-s; ratio per CPU-second "
-          f"{per_cpu_s * read_cpu / baseline['bases']:.2f} vs read, "
-          f"{per_cpu_s * index_read_cpu / baseline['bases']:.2f} vs index + read (other jobs on the machine inflate "
-          f"these less than wall time)")
-    print(f"peak RSS         : prep main {prep['main_peak_mib']:.0f} MiB, largest worker "
-          f"{prep['worker_peak_mib']:.0f} MiB = {prep['worker_peak_mib'] * 2**20 / largest:.1f} x largest contig")
+    print(f"pyfaidx .fai build: {index_s:.2f} s (not counted; prep's own index pass is counted)")
+    print("prep: the genome listed twice (as a human and a non-human assembly, 2 x the bases), rc 0.56")
+    for cores, runs in rows.items():
+        bases_read = [b["rate"] / 1e6 for b, _ in runs]
+        prep_rate = [p["rate"] / 1e6 for _, p in runs]
+        ratios = [p["rate"] / b["rate"] for b, p in runs]
+        cpu_ratios = [(b["cpu_s"] / b["bases"]) / (p["cpu_s"] / (2 * bases)) for b, p in runs]
+        label = "1 core " if cores == 1 else f"{cores} cores"
+        print(f"{label}: pyfaidx read {_fmt_range(bases_read, '{:.1f}')} Mb/s per process | data prep "
+              f"{_fmt_range(prep_rate, '{:.1f}')} Mb/s per worker ({_fmt_range([p['wall_s'] for _, p in runs])} s)"
+              f" | ratio {_fmt_range(ratios)} (target >= 1.0) | per CPU-second {_fmt_range(cpu_ratios)}")
+    last = rows[max(rows)][-1][1]
+    print(f"tokens written: {last['tokens']:,}; peak RSS: prep main {last['main_peak_mib']:.0f} MiB, largest "
+          f"worker {last['worker_peak_mib']:.0f} MiB = {last['worker_peak_mib'] * 2**20 / largest:.1f} x largest "
+          f"contig")
     return 0
 
 
