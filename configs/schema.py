@@ -26,6 +26,8 @@ class DataConfig:
     packs: Optional[str] = None
     seq_len: int = 8192  # training takes the pack's seq_len when packs are given
     num_workers: int = 2
+    soft_masked_loss_weight: float = 1.0  # training-loss weight of soft-masked (repeat) bases; != 1 needs a pack
+    # made with `data prep --soft-mask` (Savanna uses 0.1). Reported losses stay unweighted means over all bases.
 
 
 @dataclass

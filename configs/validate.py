@@ -143,6 +143,9 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         if value is not None and value <= (1 if key == "train.loss_spike_factor" else 0):
             problems.append(f"{key}={value} must be {'> 1' if key == 'train.loss_spike_factor' else 'positive'} "
                             f"(or null)")
+    if cfg.data.soft_masked_loss_weight < 0:
+        problems.append(f"data.soft_masked_loss_weight={cfg.data.soft_masked_loss_weight} must be >= 0 "
+                        f"(1 = no down-weighting)")
     s = cfg.schedule
     if not (0 <= s.warmup_fraction <= 1 and 0 <= s.decay_fraction <= 1 and s.warmup_fraction + s.decay_fraction <= 1):
         problems.append(

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--gene-window", type=int, default=None,
                       help="keep only fragments within this many bp of a gene of the source's annotation "
                            "(paper 8k: 5120); off when omitted")
+    prep.add_argument("--soft-mask", action="store_true",
+                      help="keep soft-masking (lower-case repeats) as bit 128 on each token, for "
+                           "data.soft_masked_loss_weight in training (default: plain upper-case ids)")
     prep.add_argument("--valid-chroms", type=_csv, default=[], help="e.g. chr20")
     prep.add_argument("--test-chroms", type=_csv, default=[], help="e.g. chr21,chr22")
     prep.add_argument("--allow-unsplit-human", action="store_true",
@@ -74,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_prep(PrepOptions(
                 sources=args.sources, seq_len=args.seq_len, out=args.out, min_len=args.min_len,
                 n_run=args.split_n_run, max_n_fraction=args.max_n_fraction, rc_probability=args.rc_probability,
-                seed=args.seed, gene_window=args.gene_window, valid_chroms=args.valid_chroms,
+                seed=args.seed, gene_window=args.gene_window, soft_mask=args.soft_mask, valid_chroms=args.valid_chroms,
                 test_chroms=args.test_chroms, allow_unsplit_human=args.allow_unsplit_human, workers=args.workers,
                 work_dir=args.work_dir, overwrite=args.overwrite, keep_work=args.keep_work,
                 progress=not args.no_progress))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .errors import DataPrepError
 
@@ -40,6 +40,7 @@ class Manifest:
     pad: int
     strand: dict
     blend: Dict[str, Blend]    # split -> blend
+    soft_mask_bit: Optional[int]   # set on soft-masked bases' ids (`data prep --soft-mask`), else None
     raw: dict = field(repr=False)
 
     def blend_paths(self, split: str) -> Tuple[List[str], List[float]]:
@@ -84,6 +85,7 @@ def load_manifest(directory: str) -> Manifest:
                  for split, b in raw["blend"].items()}
         return Manifest(directory=os.path.abspath(directory), format_version=version, seq_len=int(raw["seq_len"]),
                         vocab={k: int(v) for k, v in raw["vocab"].items()}, vocab_size=int(raw["vocab_size"]),
-                        eod=int(raw["eod"]), pad=int(raw["pad"]), strand=dict(raw["strand"]), blend=blend, raw=raw)
+                        eod=int(raw["eod"]), pad=int(raw["pad"]), strand=dict(raw["strand"]), blend=blend,
+                        soft_mask_bit=int(raw["soft_mask"]["bit"]) if raw.get("soft_mask") else None, raw=raw)
     except (KeyError, TypeError, ValueError) as err:
         raise DataPrepError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None

@@ -22,7 +22,7 @@ DOC_DTYPE = np.dtype([("source", "<u2"), ("record", "<u4"), ("start", "<i8"), ("
 
 def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes: List[List[Tuple[str, str]]],
                unsplit: List[str], layout: PackLayout, done: Dict[Tuple[int, int], dict], rules: FragmentRules,
-               split_rule: SplitRule, gene_window, keep_work: bool) -> dict:
+               split_rule: SplitRule, gene_window, soft_mask: bool, keep_work: bool) -> dict:
     """Write the pack into `built`; `chromosomes[i][k]` is record k of source i's (chromosome, split); `unsplit`
     lists assemblies that went wholly to train for want of chromosome names (see leakage.py)."""
     counts = {a: {"group": g, "splits": {}} for a, g in dict((s.assembly, s.group) for s in sources).items()}
@@ -69,6 +69,9 @@ def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes
                       "max_n_fraction": rules.max_n_fraction,
                       "gene_window": gene_window, "upper_case": True,
                       "iupac_to_n": tk.IUPAC_AMBIGUOUS},
+        "soft_mask": {"bit": tk.SOFT_MASK_BIT,
+                      "meaning": "a soft-masked (lower-case) base is stored as its id | bit; strip it (id & "
+                                 f"{tk.ID_BITS}) before use"} if soft_mask else None,
         "strand": {"policy": "random" if rules.rc_probability > 0 else "forward",
                    "rc_probability": rules.rc_probability, "seed": rules.seed,
                    "rule": "per contig, numpy default_rng([seed, blake2b-64(assembly NUL contig)]) draws one "

@@ -37,6 +37,7 @@ class PrepOptions:
     rc_probability: float = 0.0
     seed: int = 1234
     gene_window: Optional[int] = None      # None: no gene filter
+    soft_mask: bool = False                # keep lower case as a bit on the token (tokens.SOFT_MASK_BIT)
     valid_chroms: Sequence[str] = ()
     test_chroms: Sequence[str] = ()
     allow_unsplit_human: bool = False      # let human assemblies without chromosome names go wholly to train
@@ -73,7 +74,7 @@ def run_prep(opts: PrepOptions) -> dict:
                                 f"{missing[0]} (and {len(missing) - 1} more)")
     chrom_maps = {i: read_chrom_map(s.chrom_map) for i, s in enumerate(sources) if s.chrom_map}
     workers = opts.workers or os.cpu_count() or 1
-    fingerprint = hashlib.sha256(json.dumps([RECORD_VERSION, asdict(rules), opts.gene_window]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([RECORD_VERSION, asdict(rules), opts.gene_window, opts.soft_mask]).encode()).hexdigest()
     job_dir = os.path.join(os.path.abspath(opts.work_dir or out + ".work"), fingerprint[:16])
     src_dirs = [os.path.join(job_dir, f"src{i:04d}-{slug(s.assembly)}") for i, s in enumerate(sources)]
     gene_window = opts.gene_window if opts.gene_window is not None else 0
@@ -95,7 +96,7 @@ def run_prep(opts: PrepOptions) -> dict:
         total = sum(t.rec.seq_end - t.rec.seq_start for t in tasks)
         _log(f"{len(tasks)} record(s) to cut ({total / 1e6:,.1f} MB of sequence lines); {len(done)} already done")
         bar = _progress(total, opts.progress)
-        for covered in pool_map(cut_record, [(t, rules) for t in tasks], ordered=False):
+        for covered in pool_map(cut_record, [(t, rules, opts.soft_mask) for t in tasks], ordered=False):
             bar.update(covered)
         bar.close()
 
@@ -106,7 +107,7 @@ def run_prep(opts: PrepOptions) -> dict:
     try:
         markers = {member: read_json(layout.record_prefix(member) + ".done") for member in layout.slots}
         manifest = build_pack(built, sources, scans, chromosomes, unsplit, layout, markers, rules, split_rule,
-                              opts.gene_window, opts.keep_work)
+                              opts.gene_window, opts.soft_mask, opts.keep_work)
         publish(built, out)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)

@@ -2,8 +2,9 @@
 
 Per record: one read into a reused buffer, one bytes.translate (line breaks dropped, case folded, IUPAC -> N, bases
 -> token ids, all in C), a memchr for illegal bytes, memchr hops over the N runs, the vectorised cut, then pwritev
-straight from the token buffer (see documents.py). The fragment table and a done marker are written last, so a crash
-leaves the record to redo.
+straight from the token buffer (see documents.py). With the soft-mask bit, a second translate gives the buffer that is
+written (N runs and cuts still come from the plain ids). The fragment table and a done marker are written last, so a
+crash leaves the record to redo.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ _read_buffer = bytearray()       # per process, reused across records
 def cut_record(args) -> int:
     """Process one record; return the bytes of FASTA it covered (for the progress bar)."""
     global _read_buffer
-    task, rules = args
+    task, rules, soft_mask = args
     raise_if_stopping()
     with open(task.plain_path, "rb", buffering=0) as handle:
         raw = _read_buffer = read_record(handle, task.rec, _read_buffer)
@@ -62,9 +63,10 @@ def cut_record(args) -> int:
     starts, lengths, reverse = cut_arrays(len(tokens), runs, rules, task.assembly, task.rec.name, task.genes)
     size = int(lengths.sum()) + len(lengths)
     offset = claim_offset(task.sizes_path, task.slot, size)
+    stored = tk.encode_soft_masked(raw) if soft_mask else tokens
     fd = os.open(task.data_path, os.O_WRONLY)
     try:
-        write_documents(fd, offset, tokens, runs, starts, lengths, reverse)
+        write_documents(fd, offset, stored, runs, starts, lengths, reverse)
     finally:
         os.close(fd)
     table = np.zeros(len(starts), dtype=FRAGMENT_DTYPE)

@@ -28,6 +28,11 @@ def pack_stats(directory: str) -> dict:
     for name, entry in manifest.raw["datasets"].items():
         prefix = os.path.join(manifest.directory, entry["prefix"])
         counts = token_histogram(prefix + ".bin")
+        soft_masked = 0
+        if manifest.soft_mask_bit is not None:        # fold soft-masked ids onto their base ids
+            ids = np.arange(256)
+            soft_masked = int(counts[ids & manifest.soft_mask_bit > 0].sum())
+            counts = np.bincount(ids & ~manifest.soft_mask_bit, weights=counts, minlength=256).astype(np.int64)
         lengths = read_document_lengths(prefix)
         docs = np.load(prefix + ".docs.npy")
         acgt = int(counts[[tk.A, tk.C, tk.G, tk.T]].sum())
@@ -45,6 +50,8 @@ def pack_stats(directory: str) -> dict:
             "short_fragments": int(np.count_nonzero(docs["length"] < manifest.seq_len)),
             "reverse_complement_fragments": int(docs["reverse"].sum()),
         }
+        if manifest.soft_mask_bit is not None:
+            datasets[name]["soft_masked_fraction"] = soft_masked / bases if bases else 0.0
     mix = {}
     for split, blend in manifest.blend.items():
         human, nonhuman = blend.on_disk_tokens["human"], blend.on_disk_tokens["nonhuman"]
@@ -56,13 +63,16 @@ def pack_stats(directory: str) -> dict:
 
 
 def format_stats(result: dict) -> str:
+    soft = any("soft_masked_fraction" in d for d in result["datasets"].values())
     lines = [f"pack {result['pack']}  seq_len {result['seq_len']}  strand {result['strand']['policy']} "
              f"(rc p={result['strand']['rc_probability']}, seed {result['strand']['seed']})", "",
-             f"{'dataset':<18}{'documents':>11}{'tokens':>15}{'N frac':>9}{'GC':>8}{'full':>8}{'short':>7}{'rc':>7}"]
+             f"{'dataset':<18}{'documents':>11}{'tokens':>15}{'N frac':>9}{'GC':>8}{'full':>8}{'short':>7}{'rc':>7}"
+             + (f"{'masked':>8}" if soft else "")]
     for name, d in result["datasets"].items():
         lines.append(f"{name:<18}{d['documents']:>11,}{d['tokens']:>15,}{d['n_fraction']:>9.4f}"
                      f"{d['gc_content']:>8.4f}{d['full_length_fragments']:>8,}{d['short_fragments']:>7,}"
-                     f"{d['reverse_complement_fragments']:>7,}")
+                     f"{d['reverse_complement_fragments']:>7,}"
+                     + (f"{d['soft_masked_fraction']:>8.4f}" if soft else ""))
     lines.append("")
     for split, m in result["mix"].items():
         lines.append(f"mix {split:<6} on disk human share {m['on_disk_human_share']:.4f}; "

@@ -82,6 +82,7 @@ def test_override_without_equals_sign_is_rejected():
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel=true needs parallel.tensor > 1"),
     (["train.global_batch_size=5"], "train.global_batch_size=5 is not divisible by train.micro_batch_size=2"),
     (["model.hidden_size=0"], "model.hidden_size=0 must be a positive integer"),
+    (["data.soft_masked_loss_weight=-0.1"], "data.soft_masked_loss_weight=-0.1 must be >= 0"),
 ])
 def test_invalid_values_fail_at_load_naming_key(overrides, expected):
     with pytest.raises(ConfigError) as err:

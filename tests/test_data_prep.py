@@ -252,3 +252,67 @@ def test_cli_prep_runs(tmp_path):
     rc = data_main(["prep", "--sources", str(tmp_path / "sources.tsv"), "--seq-len", "8192", "--out",
                     str(tmp_path / "p"), "--valid-chroms", "chr20", "--no-progress", "--workers", "2"])
     assert rc == 0 and load_manifest(str(tmp_path / "p")).seq_len == 8192
+
+
+def soft_text(raw: bytes) -> str:
+    """The source with IUPAC codes -> N, case kept (what a --soft-mask pack decodes to)."""
+    iupac = tk.IUPAC_AMBIGUOUS
+    return raw.decode().translate(str.maketrans({**{c: "N" for c in iupac}, **{c.lower(): "n" for c in iupac}}))
+
+
+def test_soft_mask_bit_keeps_the_case_of_every_base(built, tmp_path):
+    """--soft-mask: the same pack as without it once the bit is cleared, and the bit is exactly the source's lower
+    case, on both strands (lower-case n and IUPAC codes included)."""
+    root, genomes, plain = built
+    lowered = dict(genomes["pantro.fa"])                   # add lower-case n and IUPAC codes inside the first record
+    first = next(iter(lowered))
+    seq = bytearray(lowered[first])
+    seq[1000:1006], seq[5000:5002] = b"nnnacg", b"ry"
+    lowered[first] = bytes(seq)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("hg38.fa", "hg002.fa.gz", "sources.tsv"):
+        os.symlink(root / name, src / name)
+    write_fasta(str(src / "pantro.fa"), lowered.items(), width=70)
+    reference, soft = tmp_path / "plain", tmp_path / "soft"
+    for out, soft_mask in ((reference, False), (soft, True)):
+        run_prep(PrepOptions(sources=str(src / "sources.tsv"), seq_len=4096, out=str(out), min_len=1000,
+                             rc_probability=0.56, seed=7, valid_chroms=["chr20"], test_chroms=["21"], workers=2,
+                             soft_mask=soft_mask, progress=False))
+    manifest = load_manifest(str(soft))
+    assert manifest.soft_mask_bit == tk.SOFT_MASK_BIT and load_manifest(str(reference)).soft_mask_bit is None
+    sources = {**genomes, "pantro.fa": lowered}
+    complement = str.maketrans("ACGTNacgtn", "TGCANtgcan")
+    masked = checked = 0
+    for name in manifest.raw["datasets"]:
+        data, docs, ends = read_docs(soft, name)
+        assert np.array_equal(data & tk.ID_BITS, np.fromfile(reference / f"{name}.bin", dtype=np.uint8))
+        for doc, end in zip(docs, ends):
+            record = list(sources[os.path.basename(manifest.raw["sources"][doc["source"]]["path"])].values())
+            piece = soft_text(record[doc["record"]])[doc["start"]:doc["start"] + doc["length"]]
+            if doc["reverse"]:
+                piece = piece[::-1].translate(complement)
+            assert tk.decode(data[end - doc["length"] - 1:end - 1]) == piece
+            masked += sum(c.islower() for c in piece)
+            checked += 1
+    assert checked > 40 and masked > 0.2 * sum(d["bases"] for d in manifest.raw["datasets"].values())
+    assert data_main(["stats", str(soft), "--json"]) == 0
+
+
+def test_soft_mask_stats_count_the_masked_bases(built, tmp_path, capsys):
+    root, _, _ = built
+    out = tmp_path / "soft"
+    assert data_main(["prep", "--sources", str(root / "sources.tsv"), "--seq-len", "4096", "--out", str(out),
+                      "--soft-mask", "--valid-chroms", "chr20", "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert data_main(["stats", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for name, entry in result["datasets"].items():
+        data = np.fromfile(out / f"{name}.bin", dtype=np.uint8)
+        bases = data[data != tk.EOD]
+        assert entry["bases"] == len(bases)
+        assert entry["soft_masked_fraction"] == pytest.approx(np.count_nonzero(bases & tk.SOFT_MASK_BIT) / len(bases))
+        assert entry["gc_content"] == pytest.approx(np.isin(bases & tk.ID_BITS, [tk.C, tk.G]).sum()
+                                                    / np.isin(bases & tk.ID_BITS, [tk.A, tk.C, tk.G, tk.T]).sum())
+    assert data_main(["stats", str(out)]) == 0
+    assert "masked" in capsys.readouterr().out

@@ -200,6 +200,26 @@ def test_input_errors_name_the_setting(pack, tmp_path):
         inputs("model.vocab_size=8")
 
 
+def test_soft_masked_pack_trains_like_the_plain_pack_and_weights_its_repeats(pack, straight, tmp_path):
+    """With weight 1 the soft-mask bit is stripped before the model (same losses as the plain pack, bit for bit);
+    with 0.1 the gradient changes while the reported loss stays the plain mean (at step 1, before any update, the
+    same as the plain run's)."""
+    from nucleotron.configs import ConfigError, load_config
+    from nucleotron.train.trainer import resolve_inputs
+
+    soft = make_pack(tmp_path / "soft-data", soft_mask=True)
+    run_train(soft, tmp_path / "same")
+    assert losses(tmp_path / "same") == losses(straight)
+    run_train(soft, tmp_path / "weighted", "data.soft_masked_loss_weight=0.1")
+    weighted = [r for r in metrics(tmp_path / "weighted") if r["kind"] == "train"]
+    plain = [r for r in metrics(straight) if r["kind"] == "train"]
+    assert weighted[0]["loss"] == plain[0]["loss"]
+    assert all(w["grad_norm"] != p["grad_norm"] for w, p in zip(weighted, plain))
+    assert all(w["loss"] != p["loss"] for w, p in zip(weighted[2:], plain[2:]))   # step 1 has lr 0 (warmup)
+    with pytest.raises(ConfigError, match="soft_masked_loss_weight=0.1 needs soft-mask bits.*--soft-mask"):
+        resolve_inputs(load_config(TINY, [f"data.packs={pack}", "data.soft_masked_loss_weight=0.1"]))
+
+
 def test_bad_setting_exits_2_naming_it(pack, tmp_path):
     result = run_train(pack, tmp_path / "d", "train.bad_loss=maybe", expect=2)
     assert "train.bad_loss" in result.stderr and "skip" in result.stderr

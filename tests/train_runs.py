@@ -19,15 +19,16 @@ FAST = ["train.max_steps=8", "checkpoint.every=4", "train.eval_every=4", "train.
         "checkpoint.keep=3"]
 
 
-def make_pack(root: Path, seq_len: int = 128) -> Path:
-    """A two-group pack (human-like and chimp-like synthetic genomes) with a valid split on chr20."""
+def make_pack(root: Path, seq_len: int = 128, soft_mask: bool = False) -> Path:
+    """A two-group pack (human-like and chimp-like synthetic genomes) with a valid split on chr20; with soft_mask,
+    the same documents with the soft-mask bit on lower-case bases."""
     root.mkdir(parents=True, exist_ok=True)
     write_fasta(str(root / "human.fa"), make_genome(11, {"chr1": 30_000, "chr2": 20_000, "chr20": 12_000}).items())
     write_fasta(str(root / "chimp.fa"), make_genome(12, {"chr1": 25_000, "chr2": 15_000, "chr20": 12_000}).items())
     (root / "sources.tsv").write_text("path\tgroup\tassembly\nhuman.fa\thuman\thg\nchimp.fa\tnonhuman\tpt\n")
     pack = root / "pack"
     run_prep(PrepOptions(sources=str(root / "sources.tsv"), seq_len=seq_len, out=str(pack), min_len=64,
-                         valid_chroms=["chr20"], workers=1, progress=False))
+                         valid_chroms=["chr20"], workers=1, soft_mask=soft_mask, progress=False))
     return pack
 
 

@@ -74,6 +74,31 @@ def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_
     return datasets
 
 
+class SoftMaskedDataset(torch.utils.data.Dataset):
+    """A pack made with `data prep --soft-mask` stores lower-case (repeat) bases as id | bit: strip the bit from
+    tokens and labels before the model sees them, and scale the loss mask by `weight` where the target is masked."""
+
+    def __init__(self, dataset, bit: int, weight: float):
+        self.dataset, self.bit, self.weight = dataset, bit, weight
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx):
+        item = dict(self.dataset[idx])
+        masked = (item["labels"] & self.bit) != 0
+        item["tokens"] = item["tokens"] & ~self.bit
+        item["labels"] = item["labels"] & ~self.bit
+        if self.weight != 1.0:
+            item["loss_mask"] = torch.where(masked, item["loss_mask"] * self.weight, item["loss_mask"])
+        return item
+
+
+def with_soft_mask(dataset, manifest: Manifest, weight: float):
+    """The dataset as training must read it: soft-mask bits stripped (and turned into loss weights) if it has them."""
+    return dataset if manifest.soft_mask_bit is None else SoftMaskedDataset(dataset, manifest.soft_mask_bit, weight)
+
+
 class GlobalBatchSampler:
     """Yields this data-parallel rank's micro-batches (lists of sample indices) from `consumed_samples` on."""
 

@@ -29,7 +29,8 @@ from nucleotron.model.gpt import build_gpt_model
 from nucleotron.model.stats import model_stats
 
 from . import checkpoint as ckpt
-from .data import GlobalBatchSampler, build_train_dataset, build_valid_datasets, fixed_micro_batches, micro_batches, stack
+from .data import (GlobalBatchSampler, build_train_dataset, build_valid_datasets, fixed_micro_batches, micro_batches,
+                   stack, with_soft_mask)
 from .metrics import MetricsLogger, new_wandb_run_id, note
 from .mfu import mfu, peak_tflops
 from .files import write_text_atomic
@@ -65,13 +66,17 @@ def _all_reduce_sum(values: List[float]) -> List[float]:
 
 
 def _loss_report(eod: int, labels: torch.Tensor, loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    """(loss sum, token count, report): megatron's schedule divides by the count; the report also holds the sums
-    over base targets (EOD excluded) for bits per base."""
+    """(loss sum, token count, report): megatron's schedule divides by the count. loss_mask may hold weights below 1
+    (down-weighted soft-masked bases): the gradient then follows the weighted mean sum(w*l)/sum(w), scaled so that
+    megatron's division by the (integer) count gives it. The report holds unweighted sums over every counted target,
+    and over base targets (EOD excluded) for bits per base, so reported losses compare across weightings."""
     losses = per_token_loss.float()
-    mask = loss_mask.float()
+    weights = loss_mask.float()
+    mask = (weights > 0).float()
     base = mask * (labels != eod).float()
-    total, count = (losses * mask).sum(), mask.sum()
-    report = torch.stack([total.detach(), count, (losses * base).sum().detach(), base.sum()])
+    count = mask.sum()
+    total = (losses * weights).sum() * (count / weights.sum().clamp(min=1e-12))   # count/sum = 1.0 exactly if 0/1
+    report = torch.stack([(losses * mask).sum().detach(), count, (losses * base).sum().detach(), base.sum()])
     return total, count.to(torch.int), {"sums": report}
 
 
@@ -210,6 +215,10 @@ def resolve_inputs(cfg: NucleotronConfig):
     if max(manifest.vocab.values()) >= cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is too small for the pack's token ids "
                           f"(largest {max(manifest.vocab.values())}); use at least {manifest.vocab_size}")
+    if cfg.data.soft_masked_loss_weight != 1.0 and manifest.soft_mask_bit is None:
+        raise ConfigError(f"data.soft_masked_loss_weight={cfg.data.soft_masked_loss_weight} needs soft-mask bits, but "
+                          f"{manifest.directory} was made without them; re-run `nucleotron data prep` with "
+                          f"--soft-mask, or set data.soft_masked_loss_weight=1")
     if "train" not in manifest.blend:
         raise ConfigError(f"{manifest.directory} has no train split; re-run `nucleotron data prep` with fewer "
                           f"held-out chromosomes")
@@ -276,8 +285,11 @@ def _train(cfg: NucleotronConfig, watch: PreemptionWatch) -> int:
 
     # data
     cache_dir = os.path.join(run_dir, "index-cache")
-    train_set = build_train_dataset(manifest, total_steps * t.global_batch_size, cfg.run.seed, cache_dir)
-    valid_sets = build_valid_datasets(manifest, t.eval_steps * t.global_batch_size, cfg.run.seed, cache_dir)
+    weight = cfg.data.soft_masked_loss_weight
+    train_set = with_soft_mask(build_train_dataset(manifest, total_steps * t.global_batch_size, cfg.run.seed,
+                                                   cache_dir), manifest, weight)
+    valid_sets = {group: with_soft_mask(dataset, manifest, weight) for group, dataset in
+                  build_valid_datasets(manifest, t.eval_steps * t.global_batch_size, cfg.run.seed, cache_dir).items()}
     sampler = GlobalBatchSampler(total_steps * t.global_batch_size, state.consumed_samples, t.micro_batch_size,
                                  t.global_batch_size, parallel_state.get_data_parallel_rank(), dp_size)
     batches = micro_batches(train_set, sampler, cfg.data.num_workers, cfg.run.seed)
