@@ -2,7 +2,8 @@
 
 Layout: OUT/data/{split}-00000-of-00001.parquet with one row per document (both groups in each split), columns
 sequence (ACGTN string, as stored: reverse-complemented where strand says so; acgtn where a `--soft-mask` pack
-marks a base soft-masked), group, assembly, record, start, length, strand ('+' or '-'). Written one row group per dataset chunk, so memory stays bounded.
+marks a base soft-masked), group, assembly, record, start, length, strand ('+' or '-'). Written one row group per
+dataset chunk, so memory stays bounded.
 `datasets.load_dataset("parquet", data_files={"train": "OUT/data/train-*.parquet", ...})` or
 `load_dataset("OUT")` load it.
 """

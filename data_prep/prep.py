@@ -74,7 +74,8 @@ def run_prep(opts: PrepOptions) -> dict:
                                 f"{missing[0]} (and {len(missing) - 1} more)")
     chrom_maps = {i: read_chrom_map(s.chrom_map) for i, s in enumerate(sources) if s.chrom_map}
     workers = opts.workers or os.cpu_count() or 1
-    fingerprint = hashlib.sha256(json.dumps([RECORD_VERSION, asdict(rules), opts.gene_window, opts.soft_mask]).encode()).hexdigest()
+    settings = [RECORD_VERSION, asdict(rules), opts.gene_window, opts.soft_mask]
+    fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     job_dir = os.path.join(os.path.abspath(opts.work_dir or out + ".work"), fingerprint[:16])
     src_dirs = [os.path.join(job_dir, f"src{i:04d}-{slug(s.assembly)}") for i, s in enumerate(sources)]
     gene_window = opts.gene_window if opts.gene_window is not None else 0

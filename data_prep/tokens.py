@@ -29,7 +29,7 @@ _ENCODE_TABLE = BYTE_TO_TOKEN.tobytes()          # bytes.translate runs at memor
 LINE_BREAKS = b"\r\n"
 
 SOFT_MASK_BIT = 0x80
-ID_BITS = 0x7F
+ID_BITS = 0xFF & ~SOFT_MASK_BIT
 _SOFT_TABLE = BYTE_TO_TOKEN.copy()
 for _byte in range(ord("a"), ord("z") + 1):
     if _SOFT_TABLE[_byte] != ILLEGAL:

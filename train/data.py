@@ -48,12 +48,14 @@ def _dataset_config(manifest: Manifest, blend_per_split, seed: int, cache_dir: s
     )
 
 
-def build_train_dataset(manifest: Manifest, num_samples: int, seed: int, cache_dir: str):
-    """The training split as megatron's blend of the pack's datasets with the manifest's 1:1 weights."""
+def build_train_dataset(manifest: Manifest, num_samples: int, seed: int, cache_dir: str,
+                        soft_masked_loss_weight: float = 1.0):
+    """The training split as megatron's blend of the pack's datasets with the manifest's 1:1 weights; a soft-masked
+    pack's targets get `soft_masked_loss_weight` in the loss mask."""
     blend = manifest.blend_paths("train")
     config = _dataset_config(manifest, [blend, None, None], seed, cache_dir)
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None], lambda: True, config).build()
-    return train
+    return _without_soft_mask_bits(train, manifest, soft_masked_loss_weight)
 
 
 def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_dir: str) -> Dict[str, object]:
@@ -70,7 +72,7 @@ def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_
         config = _dataset_config(manifest, [None, (prefixes, weights), None], seed, cache_dir)
         _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, num_samples, None], lambda: True,
                                                     config).build()
-        datasets[group] = valid
+        datasets[group] = _without_soft_mask_bits(valid, manifest, 1.0)   # validation losses are plain means
     return datasets
 
 
@@ -94,8 +96,8 @@ class SoftMaskedDataset(torch.utils.data.Dataset):
         return item
 
 
-def with_soft_mask(dataset, manifest: Manifest, weight: float):
-    """The dataset as training must read it: soft-mask bits stripped (and turned into loss weights) if it has them."""
+def _without_soft_mask_bits(dataset, manifest: Manifest, weight: float):
+    """The dataset as the model must read it: soft-mask bits stripped (and turned into loss weights) if it has them."""
     return dataset if manifest.soft_mask_bit is None else SoftMaskedDataset(dataset, manifest.soft_mask_bit, weight)
 
 

@@ -29,8 +29,7 @@ from nucleotron.model.gpt import build_gpt_model
 from nucleotron.model.stats import model_stats
 
 from . import checkpoint as ckpt
-from .data import (GlobalBatchSampler, build_train_dataset, build_valid_datasets, fixed_micro_batches, micro_batches,
-                   stack, with_soft_mask)
+from .data import GlobalBatchSampler, build_train_dataset, build_valid_datasets, fixed_micro_batches, micro_batches, stack
 from .metrics import MetricsLogger, new_wandb_run_id, note
 from .mfu import mfu, peak_tflops
 from .files import write_text_atomic
@@ -285,11 +284,9 @@ def _train(cfg: NucleotronConfig, watch: PreemptionWatch) -> int:
 
     # data
     cache_dir = os.path.join(run_dir, "index-cache")
-    weight = cfg.data.soft_masked_loss_weight
-    train_set = with_soft_mask(build_train_dataset(manifest, total_steps * t.global_batch_size, cfg.run.seed,
-                                                   cache_dir), manifest, weight)
-    valid_sets = {group: with_soft_mask(dataset, manifest, weight) for group, dataset in
-                  build_valid_datasets(manifest, t.eval_steps * t.global_batch_size, cfg.run.seed, cache_dir).items()}
+    train_set = build_train_dataset(manifest, total_steps * t.global_batch_size, cfg.run.seed, cache_dir,
+                                    cfg.data.soft_masked_loss_weight)
+    valid_sets = build_valid_datasets(manifest, t.eval_steps * t.global_batch_size, cfg.run.seed, cache_dir)
     sampler = GlobalBatchSampler(total_steps * t.global_batch_size, state.consumed_samples, t.micro_batch_size,
                                  t.global_batch_size, parallel_state.get_data_parallel_rank(), dp_size)
     batches = micro_batches(train_set, sampler, cfg.data.num_workers, cfg.run.seed)
