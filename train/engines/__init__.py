@@ -1,0 +1,1 @@
+"""Training engines behind the seam in train/engine.py, one module each."""
