@@ -28,6 +28,8 @@ class DataConfig:
     num_workers: int = 2
     soft_masked_loss_weight: float = 1.0  # training-loss weight of soft-masked (repeat) bases; != 1 needs a pack
     # made with `data prep --soft-mask` (Savanna uses 0.1). Reported losses stay unweighted means over all bases.
+    verify: str = "sampled"  # start-up pack check: sampled (sizes + checksums of sampled blocks, ~1 MiB read per
+    # file) | full (every byte against the manifest's sha256; reads the whole pack). See `nucleotron data verify`.
 
 
 @dataclass

@@ -4,13 +4,15 @@ Every message names the dotted key and says what is allowed, so the user can fix
 """
 from __future__ import annotations
 
-from typing import List
+import math
+from typing import List, Optional, Tuple
 
 from .schema import NucleotronConfig
 
 MAX_GENGRAM_ORDER = 6  # 5**6 = 15,625 table rows; the spec defines orders 1..6
 
 CHOICES = {
+    "data.verify": ("sampled", "full"),
     "model.attention": ("standard", "mla"),
     "model.attention_backend": ("auto", "flash", "sdpa", "local"),
     "model.recompute": ("none", "selective", "full"),
@@ -26,8 +28,33 @@ POSITIVE_INTS = (
     "model.ffn_hidden_size", "model.vocab_size", "model.gengram.table_dim", "model.gengram.conv_kernel",
     "parallel.tensor", "parallel.pipeline", "parallel.expert", "parallel.context",
     "train.micro_batch_size", "train.global_batch_size", "train.log_every", "train.eval_every",
-    "train.eval_steps", "checkpoint.every", "checkpoint.keep",
+    "train.eval_steps", "checkpoint.every", "checkpoint.keep", "model.mla.kv_lora_rank", "model.mla.qk_head_dim",
+    "model.mla.qk_pos_emb_head_dim", "model.mla.v_head_dim",
 )
+
+# key -> (low, low_included, high, high_included, null_allowed); every value must also be finite, so inf and nan
+# (which pass a plain `x > 0`) fail at load instead of poisoning the weights
+NUMBER_RANGES = {
+    "data.num_workers": (0, True, None, False, False),
+    "data.soft_masked_loss_weight": (0, True, 1, True, False),
+    "model.rope_base": (0, False, None, False, False),
+    "model.norm_eps": (0, False, None, False, False),
+    "model.init_std": (0, False, None, False, False),
+    "model.gengram.table_lr_mult": (0, False, None, False, False),
+    "model.moe.aux_loss_coeff": (0, True, None, False, False),
+    "model.moe.z_loss_coeff": (0, True, None, False, False),
+    "optim.lr": (0, False, None, False, False),
+    "optim.min_lr": (0, True, None, False, False),
+    "optim.weight_decay": (0, True, None, False, False),
+    "optim.adam_beta1": (0, True, 1, False, False),
+    "optim.adam_beta2": (0, True, 1, False, False),
+    "optim.adam_eps": (0, False, None, False, False),
+    "optim.clip_grad": (0, True, None, False, False),
+    "schedule.warmup_fraction": (0, True, 1, True, False),
+    "schedule.decay_fraction": (0, True, 1, True, False),
+    "train.loss_spike_factor": (1, False, None, False, True),
+    "train.peak_tflops": (0, False, None, False, True),
+}
 
 
 class ConfigError(ValueError):
@@ -41,6 +68,21 @@ def _get(cfg: NucleotronConfig, dotted: str):
     return obj
 
 
+def _range_problem(key: str, value, bounds: Tuple[float, bool, Optional[float], bool, bool]) -> Optional[str]:
+    low, low_in, high, high_in, nullable = bounds
+    if value is None and nullable:
+        return None
+    inside = (value is not None and math.isfinite(value) and (value >= low if low_in else value > low)
+              and (high is None or (value <= high if high_in else value < high)))
+    if inside:
+        return None
+    if high is None:
+        allowed = f"{'>=' if low_in else '>'} {low}"
+    else:
+        allowed = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+    return f"{key}={value} must be a finite number {allowed}" + (" (or null)" if nullable else "")
+
+
 def config_problems(cfg: NucleotronConfig) -> List[str]:
     """All problems found, each one line naming the key; empty when the config is usable."""
     problems: List[str] = []
@@ -52,6 +94,10 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         value = _get(cfg, key)
         if value < 1:
             problems.append(f"{key}={value} must be a positive integer")
+    for key, bounds in NUMBER_RANGES.items():
+        problem = _range_problem(key, _get(cfg, key), bounds)
+        if problem:
+            problems.append(problem)
     if problems:  # the divisibility checks below assume positive sizes
         return problems
 
@@ -118,8 +164,6 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         problems.append(f"model.gengram.window={g.window} must be >= 1, or null for no-window mode")
     if g.conv_dilation is not None and g.conv_dilation < 1:
         problems.append(f"model.gengram.conv_dilation={g.conv_dilation} must be >= 1, or null for max(orders)")
-    if g.table_lr_mult <= 0:
-        problems.append(f"model.gengram.table_lr_mult={g.table_lr_mult} must be positive")
     if g.layers and p.context > 1:
         problems.append(f"parallel.context={p.context}: Gengram layers do not support context parallelism; "
                         f"use parallel.context=1 (or model.gengram.layers=[])")
@@ -134,28 +178,19 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         problems.append(
             f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
             f"{t.micro_batch_size}")
-    for key in ("train.max_steps", "train.max_tokens", "train.stop_at_step"):
+    for key in ("train.max_steps", "train.max_tokens", "train.stop_at_step", "model.kv_channels",
+                "model.mla.q_lora_rank"):
         value = _get(cfg, key)
         if value is not None and value < 1:
             problems.append(f"{key}={value} must be positive (or null)")
-    for key in ("train.loss_spike_factor", "train.peak_tflops"):
-        value = _get(cfg, key)
-        if value is not None and value <= (1 if key == "train.loss_spike_factor" else 0):
-            problems.append(f"{key}={value} must be {'> 1' if key == 'train.loss_spike_factor' else 'positive'} "
-                            f"(or null)")
-    if cfg.data.soft_masked_loss_weight < 0:
-        problems.append(f"data.soft_masked_loss_weight={cfg.data.soft_masked_loss_weight} must be >= 0 "
-                        f"(1 = no down-weighting)")
     s = cfg.schedule
-    if not (0 <= s.warmup_fraction <= 1 and 0 <= s.decay_fraction <= 1 and s.warmup_fraction + s.decay_fraction <= 1):
+    if s.warmup_fraction + s.decay_fraction > 1:
         problems.append(
             f"schedule.warmup_fraction={s.warmup_fraction} and schedule.decay_fraction={s.decay_fraction} "
-            f"must lie in [0, 1] and add up to at most 1")
+            f"must add up to at most 1")
     o = cfg.optim
-    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
-        problems.append(f"optim.lr={o.lr} and optim.min_lr={o.min_lr} need 0 <= min_lr <= lr and lr > 0")
-    if o.clip_grad < 0:
-        problems.append(f"optim.clip_grad={o.clip_grad} must be >= 0 (0 disables clipping)")
+    if o.min_lr > o.lr:
+        problems.append(f"optim.min_lr={o.min_lr} must not exceed optim.lr={o.lr}")
     return problems
 
 

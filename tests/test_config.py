@@ -82,7 +82,8 @@ def test_override_without_equals_sign_is_rejected():
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel=true needs parallel.tensor > 1"),
     (["train.global_batch_size=5"], "train.global_batch_size=5 is not divisible by train.micro_batch_size=2"),
     (["model.hidden_size=0"], "model.hidden_size=0 must be a positive integer"),
-    (["data.soft_masked_loss_weight=-0.1"], "data.soft_masked_loss_weight=-0.1 must be >= 0"),
+    (["data.soft_masked_loss_weight=-0.1"], "data.soft_masked_loss_weight=-0.1 must be a finite number in [0, 1]"),
+    (["data.verify=none"], "data.verify='none' is not one of: sampled, full"),
 ])
 def test_invalid_values_fail_at_load_naming_key(overrides, expected):
     with pytest.raises(ConfigError) as err:
@@ -109,3 +110,46 @@ def test_missing_file_and_include_cycle(tmp_path):
 def test_non_mapping_yaml_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=inf", "optim.lr=inf must be a finite number > 0"),
+    ("optim.lr=nan", "optim.lr=nan must be a finite number > 0"),
+    ("optim.lr=0", "optim.lr=0.0 must be a finite number > 0"),
+    ("optim.min_lr=-1e-5", "optim.min_lr=-1e-05 must be a finite number >= 0"),
+    ("optim.min_lr=nan", "optim.min_lr=nan must be a finite number >= 0"),
+    ("optim.min_lr=1", "optim.min_lr=1.0 must not exceed optim.lr=0.0001"),
+    ("optim.adam_beta1=1", "optim.adam_beta1=1.0 must be a finite number in [0, 1)"),
+    ("optim.adam_beta2=-0.1", "optim.adam_beta2=-0.1 must be a finite number in [0, 1)"),
+    ("optim.adam_eps=0", "optim.adam_eps=0.0 must be a finite number > 0"),
+    ("optim.weight_decay=inf", "optim.weight_decay=inf must be a finite number >= 0"),
+    ("optim.clip_grad=nan", "optim.clip_grad=nan must be a finite number >= 0"),
+    ("train.loss_spike_factor=1", "train.loss_spike_factor=1.0 must be a finite number > 1 (or null)"),
+    ("train.loss_spike_factor=inf", "train.loss_spike_factor=inf must be a finite number > 1 (or null)"),
+    ("train.peak_tflops=nan", "train.peak_tflops=nan must be a finite number > 0 (or null)"),
+    ("model.norm_eps=0", "model.norm_eps=0.0 must be a finite number > 0"),
+    ("model.init_std=-0.01", "model.init_std=-0.01 must be a finite number > 0"),
+    ("model.rope_base=nan", "model.rope_base=nan must be a finite number > 0"),
+    ("model.gengram.table_lr_mult=inf", "model.gengram.table_lr_mult=inf must be a finite number > 0"),
+    ("model.moe.aux_loss_coeff=-1", "model.moe.aux_loss_coeff=-1.0 must be a finite number >= 0"),
+    ("model.moe.z_loss_coeff=nan", "model.moe.z_loss_coeff=nan must be a finite number >= 0"),
+    ("model.kv_channels=0", "model.kv_channels=0 must be positive (or null)"),
+    ("model.mla.kv_lora_rank=0", "model.mla.kv_lora_rank=0 must be a positive integer"),
+    ("data.num_workers=-1", "data.num_workers=-1 must be a finite number >= 0"),
+    ("data.soft_masked_loss_weight=1.5", "data.soft_masked_loss_weight=1.5 must be a finite number in [0, 1]"),
+    ("schedule.warmup_fraction=nan", "schedule.warmup_fraction=nan must be a finite number in [0, 1]"),
+    ("schedule.decay_fraction=-0.1", "schedule.decay_fraction=-0.1 must be a finite number in [0, 1]"),
+    ("schedule.warmup_fraction=0.5", "schedule.warmup_fraction=0.5 and schedule.decay_fraction=0.8 must add up to "
+                                     "at most 1"),
+])
+def test_numeric_settings_must_be_finite_and_in_range(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [override])
+    assert expected in str(err.value), str(err.value)
+
+
+def test_numeric_edges_that_are_allowed_still_load():
+    cfg = load_config(TINY, ["optim.min_lr=0", "optim.adam_beta1=0", "optim.weight_decay=0", "optim.clip_grad=0",
+                             "data.num_workers=0", "data.soft_masked_loss_weight=0", "train.loss_spike_factor=null",
+                             "schedule.warmup_fraction=0.2", "data.verify=full"])
+    assert (cfg.optim.min_lr, cfg.data.verify) == (0.0, "full")
