@@ -49,9 +49,9 @@ class SlurmOptions:
 
 def time_limit_seconds(text: str) -> Optional[int]:
     """sbatch --time in seconds (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); None for other spellings."""
-    days, _, rest = text.rpartition("-")
+    days, dash, rest = text.strip().rpartition("-")
     parts = rest.split(":")
-    if len(parts) > 3 or not all(part.isdigit() for part in parts) or (days and not days.isdigit()):
+    if len(parts) > 3 or not all(part.isdigit() for part in parts) or (dash and not days.isdigit()):
         return None
     numbers = [int(part) for part in parts]
     if not days and len(numbers) < 3:
@@ -76,8 +76,11 @@ def check(options: SlurmOptions) -> SlurmOptions:
     if not 1 <= options.signal_lead <= 65535:
         raise LaunchError(f"--signal-lead={options.signal_lead} must be 1..65535 seconds (Slurm's limit); "
                           f"give checkpointing enough time, e.g. 300")
-    limit = time_limit_seconds(options.time) if options.time else None
-    if limit is not None and options.signal_lead >= limit:
+    limit = time_limit_seconds(options.time) if options.time is not None else None
+    if options.time is not None and limit is None:
+        raise LaunchError(f"--time={options.time!r} is not a Slurm time limit; use one of MM, MM:SS, HH:MM:SS, D-HH, "
+                          f"D-HH:MM, D-HH:MM:SS (e.g. 24:00:00 or 2-00:00:00)")
+    if limit and options.signal_lead >= limit:          # 0 is Slurm's "no limit"
         raise LaunchError(f"--signal-lead={options.signal_lead} s is not shorter than --time={options.time} "
                           f"({limit} s): the job would be told to stop as it starts; lower --signal-lead or raise "
                           f"--time")

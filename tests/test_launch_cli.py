@@ -44,6 +44,10 @@ def test_dry_run_prints_a_script(capsys):
     (["--env", "1X=2"], "--env '1X=2' must look like NAME=VALUE"),
     (["--sbatch-arg=constraint=h200"], "--sbatch-arg"),
     (["optim.lrr=1"], "did you mean 'optim.lr'"),
+    (["--time", "banana"], "--time='banana' is not a Slurm time limit; use one of MM, MM:SS, HH:MM:SS, D-HH, "
+                           "D-HH:MM, D-HH:MM:SS"),
+    (["--time", "1:2:3:4"], "--time='1:2:3:4' is not a Slurm time limit"),
+    (["--time", "-5"], "--time='-5' is not a Slurm time limit"),
 ])
 def test_errors_name_the_setting(capsys, argv, message):
     assert slurm.main(["--config", CONFIG, "--dry-run", *argv]) == 2
@@ -71,7 +75,8 @@ def test_local_dry_run_is_torchrun_on_this_interpreter(capsys):
 
 
 @pytest.mark.parametrize("text, seconds", [("30", 1800), ("1:30", 90), ("2:00:00", 7200), ("1-12", 129600),
-                                           ("1-0:10", 87000), ("3-1:2:3", 262923), ("UNLIMITED", None)])
+                                           ("1-0:10", 87000), ("3-1:2:3", 262923), ("UNLIMITED", None),
+                                           ("-5", None), ("x-1", None), ("1-", None), ("", None)])
 def test_time_limits(text, seconds):
     assert time_limit_seconds(text) == seconds
 
