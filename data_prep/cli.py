@@ -1,4 +1,5 @@
-"""`nucleotron data {fetch,prep,stats,export-hf}`: argument parsing only; each subcommand lives in its own module."""
+"""`nucleotron data {fetch,prep,verify,stats,export-hf}`: argument parsing only; each subcommand lives in its own
+module."""
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with held-out chromosomes, let human assemblies whose records carry no chromosome names "
                            "(HPRC contigs without a chrom_map) go entirely to train instead of stopping; they may "
                            "leak held-out sequence into train")
-    prep.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    prep.add_argument("--allow-duplicate-sources", action="store_true",
+                      help="allow one file, or files with identical contents, in several rows (their tokens then "
+                           "count several times); refused by default")
+    prep.add_argument("--workers", type=int, default=None, help="processes, >= 1 (default: all cores)")
     prep.add_argument("--work-dir", default=None, help="resumable work files (default OUT.work)")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomic swap)")
     prep.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    verify = sub.add_parser("verify", help="check a pack's files against the sizes and checksums in its manifest")
+    verify.add_argument("dir", help="pack directory")
+    verify.add_argument("--full", action="store_true",
+                        help="hash every byte (default: sizes, index headers and sampled blocks, ~1 MiB per file)")
 
     stats = sub.add_parser("stats", help="tokens, mix, N fraction and GC content of a pack")
     stats.add_argument("dir", help="pack directory")
@@ -78,9 +87,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 sources=args.sources, seq_len=args.seq_len, out=args.out, min_len=args.min_len,
                 n_run=args.split_n_run, max_n_fraction=args.max_n_fraction, rc_probability=args.rc_probability,
                 seed=args.seed, gene_window=args.gene_window, soft_mask=args.soft_mask, valid_chroms=args.valid_chroms,
-                test_chroms=args.test_chroms, allow_unsplit_human=args.allow_unsplit_human, workers=args.workers,
+                test_chroms=args.test_chroms, allow_unsplit_human=args.allow_unsplit_human,
+                allow_duplicate_sources=args.allow_duplicate_sources, workers=args.workers,
                 work_dir=args.work_dir, overwrite=args.overwrite, keep_work=args.keep_work,
                 progress=not args.no_progress))
+        elif args.command == "verify":
+            from .verify import verify_pack
+            verify_pack(args.dir, full=args.full)
+            print(f"{args.dir}: ok ({'full' if args.full else 'sampled'} check)")
         elif args.command == "stats":
             from .stats import format_stats, pack_stats
             result = pack_stats(args.dir)

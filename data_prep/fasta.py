@@ -21,6 +21,7 @@ from .errors import DataPrepError
 
 CHUNK = 16 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"      # some editors write it at the start of a text file; it is skipped, not a base
 _NON_BLANK = re.compile(rb"\S")
 
 
@@ -80,6 +81,8 @@ def index_fasta(source: str, plain_out: Optional[str] = None, progress=None) -> 
             except (EOFError, OSError, zlib.error) as err:
                 if os.path.exists(part):
                     os.remove(part)
+                if isinstance(err, OSError) and err.errno is not None:
+                    raise                     # disk full or I/O while decompressing, not a bad gzip
                 raise DataPrepError(f"{source}: corrupt or truncated gzip ({err}); download the file again "
                                     f"(`nucleotron data fetch` verifies checksums)") from None
             os.replace(part, plain_out)
@@ -105,16 +108,17 @@ def _scan(stream, source: str, copy_to: Optional[BinaryIO], progress) -> List[in
         chunk = buffer if size == len(buffer) else buffer[:size]
         if copy_to is not None:
             copy_to.write(chunk)
-        if not seen_content:
-            first = _NON_BLANK.search(chunk)
+        skip = len(UTF8_BOM) if offset == 0 and chunk.startswith(UTF8_BOM) else 0   # the file's first line starts
+        if not seen_content:                                                          # after the BOM
+            first = _NON_BLANK.search(chunk, skip)
             if first:
                 seen_content = True
                 if chunk[first.start()] != ord(">"):
                     raise DataPrepError(f"{source}: no FASTA header: the first non-blank line does not start with "
                                         f"'>' (byte {offset + first.start()}); is this a FASTA file?")
-        found = chunk.find(b">")          # one-byte search is memchr-fast; '>' is rare outside headers
+        found = chunk.find(b">", skip)    # one-byte search is memchr-fast; '>' is rare outside headers
         while found != -1:
-            if (chunk[found - 1:found] == b"\n") if found else at_line_start:
+            if (chunk[found - 1:found] == b"\n") if found > skip else at_line_start:
                 headers.append(offset + found)
             found = chunk.find(b">", found + 1)
         at_line_start = chunk.endswith(b"\n")

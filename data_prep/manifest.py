@@ -14,10 +14,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from nucleotron.configs.files import write_json_atomic
+
 from .errors import DataPrepError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PACK_KIND = "nucleotron.pack"     # manifest["kind"]: what `data prep --overwrite` may replace (see is_pack)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class Manifest:
         entry = self.blend[split]
         return [os.path.join(self.directory, p) for p in entry.prefixes], list(entry.weights)
 
+    @property
+    def groups(self) -> List[str]:
+        """The groups the blends mix (e.g. human, nonhuman), in blend order: the one source for their names."""
+        names: List[str] = []
+        for entry in self.blend.values():
+            names += [g for g in entry.groups if g not in names]
+        return names
+
 
 def blend_weights(dataset_tokens: Dict[str, int], dataset_group: Dict[str, str]) -> Dict[str, float]:
     """Weights giving each group an expected token share of exactly 0.5 (see module docstring)."""
@@ -59,21 +70,37 @@ def blend_weights(dataset_tokens: Dict[str, int], dataset_group: Dict[str, str])
     return {name: 0.5 * count / group_tokens[dataset_group[name]] for name, count in dataset_tokens.items()}
 
 
-def write_manifest(directory: str, content: dict) -> None:
-    content = {"format_version": FORMAT_VERSION, **content}
-    tmp = os.path.join(directory, MANIFEST_NAME + ".part")
-    with open(tmp, "w") as handle:
-        json.dump(content, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, os.path.join(directory, MANIFEST_NAME))
+def write_manifest(directory: str, content: dict) -> dict:
+    """Write manifest.json (atomically, fsynced) with the format version and pack marker first; returns it."""
+    content = {"format_version": FORMAT_VERSION, "kind": PACK_KIND, **content}
+    write_json_atomic(os.path.join(directory, MANIFEST_NAME), content)
+    return content
+
+
+def is_pack(directory: str) -> bool:
+    """Whether `directory` holds a pack made by `data prep`: its manifest says kind=nucleotron.pack, or (packs made
+    before the marker) has a format_version and a blend."""
+    try:
+        with open(os.path.join(directory, MANIFEST_NAME)) as handle:
+            raw = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and (raw.get("kind") == PACK_KIND or
+                                      ("format_version" in raw and isinstance(raw.get("blend"), dict)))
 
 
 def load_manifest(directory: str) -> Manifest:
     path = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise DataPrepError(f"{path} not found; is {directory} a pack made by `nucleotron data prep`?")
-    with open(path) as handle:
-        raw = json.load(handle)
+    try:
+        with open(path) as handle:
+            raw = json.load(handle)
+    except ValueError as err:
+        raise DataPrepError(f"{path}: not valid JSON ({err}); re-run `nucleotron data prep` to rebuild the pack") \
+            from None
+    if not isinstance(raw, dict):
+        raise DataPrepError(f"{path}: not a pack manifest (a JSON object); re-run `nucleotron data prep`")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise DataPrepError(f"{path}: format_version {version!r} is not supported (this code reads "

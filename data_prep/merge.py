@@ -1,5 +1,6 @@
 """Finish a pack directory from the work dir: each pack's data file moves in (a rename: workers already wrote the
-documents in place), then its .idx and .docs.npy, contigs.tsv, the counts, the 1:1 blend and manifest.json."""
+documents in place), then its .idx and .docs.npy, contigs.tsv, the counts, the 1:1 blend, the files' sizes and
+checksums (verify.py) and manifest.json."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ from .fragments import FragmentRules
 from .layout import PackLayout
 from .manifest import blend_weights, write_manifest
 from .sources import GROUPS, Source
+from .verify import integrity_entry
 from .writer import write_index
 
 DOC_DTYPE = np.dtype([("source", "<u2"), ("record", "<u4"), ("start", "<i8"), ("length", "<i4"), ("reverse", "u1")])
@@ -26,7 +28,7 @@ def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes
     """Write the pack into `built`; `chromosomes[i][k]` is record k of source i's (chromosome, split); `unsplit`
     lists assemblies that went wholly to train for want of chromosome names (see leakage.py)."""
     counts = {a: {"group": g, "splits": {}} for a, g in dict((s.assembly, s.group) for s in sources).items()}
-    datasets, group_tokens = {}, {}
+    datasets, group_tokens, written = {}, {}, []
     for split in SPLITS:
         for group in GROUPS:
             prefix = f"{group}_{split}"
@@ -50,6 +52,7 @@ def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes
             _adopt_data(layout.data_path(prefix), os.path.join(built, prefix + ".bin"), int(lengths.sum()),
                         keep_work)
             write_index(os.path.join(built, prefix), lengths)
+            written += [prefix + ".bin", prefix + ".idx"]
             np.save(os.path.join(built, prefix + ".docs.npy"), docs)
             tokens = int(lengths.sum())
             if tokens:
@@ -81,9 +84,9 @@ def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes
         "datasets": datasets,
         "counts": {"by_assembly": counts, "by_group": _by_group(datasets)},
         "blend": _blend(datasets, group_tokens, split_rule),
+        "integrity": integrity_entry(built, written),
     }
-    write_manifest(built, content)
-    return {"format_version": 1, **content}
+    return write_manifest(built, content)
 
 
 def _splits_entry(split_rule: SplitRule, unsplit: List[str]) -> dict:

@@ -13,16 +13,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .chroms import SPLITS, SplitRule, chromosome_of, read_chrom_map
-from .errors import DataPrepError
+from .errors import DataPrepError, os_error
 from .fasta import Record
 from .fragments import FragmentRules
 from .layout import PackLayout
 from .leakage import unsplit_assemblies
+from .lock import pack_lock, remove_dead_building_dirs
 from .merge import build_pack
 from .records import RECORD_VERSION, RecordTask, cut_record
 from .scan import scan_source
-from .sources import GROUPS, Source, read_sources
-from .workdir import building_dir, publish, read_json, slug
+from .sources import GROUPS, Source, check_distinct, read_sources
+from .workdir import building_dir, check_out, publish, read_json, slug
 from .workers import worker_pool
 
 
@@ -41,7 +42,8 @@ class PrepOptions:
     valid_chroms: Sequence[str] = ()
     test_chroms: Sequence[str] = ()
     allow_unsplit_human: bool = False      # let human assemblies without chromosome names go wholly to train
-    workers: int = 0                       # 0: all cores
+    allow_duplicate_sources: bool = False  # let one file (or identical contents) appear in several rows
+    workers: Optional[int] = None          # None: all cores
     work_dir: Optional[str] = None         # default: OUT.work beside OUT
     overwrite: bool = False
     keep_work: bool = False
@@ -60,13 +62,31 @@ def rules_of(opts: PrepOptions) -> FragmentRules:
 
 
 def run_prep(opts: PrepOptions) -> dict:
+    """Build the pack at opts.out under its lock (lock.py); returns the manifest."""
     out = os.path.abspath(opts.out)
-    if os.path.exists(out) and not opts.overwrite:
-        raise DataPrepError(f"{out} already exists; pass --overwrite to replace it (the swap is atomic) "
-                            f"or choose another --out")
+    if opts.workers is not None and opts.workers < 1:
+        raise DataPrepError(f"--workers {opts.workers} must be at least 1 (leave it out to use all "
+                            f"{os.cpu_count() or 1} cores)")
     rules = rules_of(opts)
-    split_rule = SplitRule(opts.valid_chroms, opts.test_chroms)
     sources = read_sources(opts.sources)
+    inputs = [p for s in sources for p in (s.path, s.annotation, s.chrom_map) if p]
+    if opts.work_dir and os.path.realpath(opts.work_dir).startswith(os.path.realpath(out) + os.sep):
+        raise DataPrepError(f"--work-dir {opts.work_dir} lies inside --out {out}, which is replaced at the end; "
+                            f"put it beside the pack (the default is {out}.work)")
+    check_out(out, opts.overwrite, inputs)
+    if not opts.allow_duplicate_sources:
+        check_distinct(sources, opts.sources)
+    with pack_lock(out, _log):
+        check_out(out, opts.overwrite, inputs)       # again: the lock's holder may just have published
+        remove_dead_building_dirs(out, _log)
+        try:
+            return _prep_locked(opts, out, rules, sources, inputs)
+        except OSError as err:                 # the work dir's own files (workers name theirs, see records.py)
+            raise os_error(opts.work_dir or out + ".work", err) from None
+
+
+def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: List[Source], inputs) -> dict:
+    split_rule = SplitRule(opts.valid_chroms, opts.test_chroms)
     if opts.gene_window is not None:
         missing = [s.path for s in sources if not s.annotation]
         if missing:
@@ -85,6 +105,8 @@ def run_prep(opts: PrepOptions) -> dict:
     with worker_pool(workers, os.path.join(job_dir, "stop")) as pool_map:
         scan_args = [(source, src_dirs[i], gene_window) for i, source in enumerate(sources)]
         scans = list(pool_map(scan_source, scan_args, ordered=True))
+        if not opts.allow_duplicate_sources:
+            check_distinct(sources, opts.sources, [scan["sha256"] for scan in scans])
         _check_unique_names(sources, scans)
         chromosomes = [[(chrom, split_rule.split_of(chrom))
                         for chrom in (chromosome_of(rec[0], rec[1], chrom_maps.get(i)) for rec in scan["records"])]
@@ -102,16 +124,19 @@ def run_prep(opts: PrepOptions) -> dict:
         bar.close()
 
     built = building_dir(out)
-    if os.path.exists(built):
-        shutil.rmtree(built)
-    os.makedirs(built)
     try:
+        if os.path.exists(built):
+            shutil.rmtree(built)
+        os.makedirs(built)
         markers = {member: read_json(layout.record_prefix(member) + ".done") for member in layout.slots}
         manifest = build_pack(built, sources, scans, chromosomes, unsplit, layout, markers, rules, split_rule,
                               opts.gene_window, opts.soft_mask, opts.keep_work)
+        check_out(out, opts.overwrite, inputs)
         publish(built, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(built, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise os_error(built, err) from None
         raise
     if not opts.keep_work:
         shutil.rmtree(job_dir, ignore_errors=True)

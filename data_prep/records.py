@@ -16,7 +16,7 @@ import numpy as np
 
 from . import tokens as tk
 from .documents import write_documents
-from .errors import DataPrepError
+from .errors import DataPrepError, os_error
 from .fasta import Record, read_record
 from .fragments import cut_arrays, n_runs
 from .layout import Slot, claim_offset
@@ -50,8 +50,11 @@ def cut_record(args) -> int:
     global _read_buffer
     task, rules, soft_mask = args
     raise_if_stopping()
-    with open(task.plain_path, "rb", buffering=0) as handle:
-        raw = _read_buffer = read_record(handle, task.rec, _read_buffer)
+    try:
+        with open(task.plain_path, "rb", buffering=0) as handle:
+            raw = _read_buffer = read_record(handle, task.rec, _read_buffer)
+    except OSError as err:
+        raise os_error(task.display_path, err) from None
     tokens = tk.encode(raw)
     bad = tokens.find(tk.ILLEGAL_BYTE)
     if bad != -1:
@@ -64,14 +67,17 @@ def cut_record(args) -> int:
     size = int(lengths.sum()) + len(lengths)
     offset = claim_offset(task.sizes_path, task.slot, size)
     stored = tk.encode_soft_masked(raw) if soft_mask else tokens
-    fd = os.open(task.data_path, os.O_WRONLY)
     try:
-        write_documents(fd, offset, stored, runs, starts, lengths, reverse)
-    finally:
-        os.close(fd)
-    table = np.zeros(len(starts), dtype=FRAGMENT_DTYPE)
-    table["start"], table["length"], table["reverse"] = starts, lengths, reverse
-    np.save(task.work_prefix + ".frag.npy", table)
-    write_json_atomic(task.work_prefix + ".done", {"version": RECORD_VERSION, "documents": len(starts),
-                                                   "bases": len(tokens), "tokens": size})
+        fd = os.open(task.data_path, os.O_WRONLY)
+        try:
+            write_documents(fd, offset, stored, runs, starts, lengths, reverse)
+        finally:
+            os.close(fd)
+        table = np.zeros(len(starts), dtype=FRAGMENT_DTYPE)
+        table["start"], table["length"], table["reverse"] = starts, lengths, reverse
+        np.save(task.work_prefix + ".frag.npy", table)
+        write_json_atomic(task.work_prefix + ".done", {"version": RECORD_VERSION, "documents": len(starts),
+                                                       "bases": len(tokens), "tokens": size})
+    except OSError as err:                   # disk full, quota, I/O: one line naming the file, not a traceback
+        raise os_error(task.data_path, err) from None
     return task.rec.seq_end - task.rec.seq_start

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from .errors import DataPrepError
+from .errors import DataPrepError, os_error
 from .fasta import index_fasta, is_gzip
 from .genes import read_gene_intervals
 from .workdir import read_json, write_json_atomic
@@ -22,6 +22,13 @@ def scan_source(args) -> dict:
     """Index one source file (and its annotation), or reuse the cached scan if the file has not changed."""
     source, src_dir, gene_window = args
     raise_if_stopping()
+    try:
+        return _scan_source(source, src_dir, gene_window)
+    except OSError as err:                   # disk full in the work dir, unreadable input: one line, no traceback
+        raise os_error(src_dir, err) from None
+
+
+def _scan_source(source, src_dir: str, gene_window: int) -> dict:
     os.makedirs(src_dir, exist_ok=True)
     stat = os.stat(source.path)
     key = {"path": source.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 from .errors import DataPrepError
 
@@ -22,6 +22,7 @@ class Source:
     species: str = ""
     annotation: Optional[str] = None   # absolute path of a GFF3/GTF, for the gene-proximity filter
     chrom_map: Optional[str] = None    # absolute path of a 2-column TSV: record name -> chromosome
+    line: int = field(default=0, compare=False)   # line in SOURCES.tsv, for messages
 
 
 def _resolve(base: str, value: str) -> str:
@@ -34,7 +35,7 @@ def read_sources(tsv_path: str) -> List[Source]:
         raise DataPrepError(f"{tsv_path}: sources file not found; pass --sources PATH to a tab-separated table "
                             f"with columns {', '.join(REQUIRED_COLUMNS)}")
     base = os.path.dirname(os.path.abspath(tsv_path))
-    with open(tsv_path, newline="") as handle:
+    with open(tsv_path, newline="", encoding="utf-8-sig") as handle:     # utf-8-sig: a leading BOM is dropped
         reader = csv.DictReader((line for line in handle if not line.startswith("#")), delimiter="\t")
         header = reader.fieldnames or []
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -68,7 +69,23 @@ def read_sources(tsv_path: str) -> List[Source]:
                     if not os.path.isfile(extra[column]):
                         raise DataPrepError(f"{where}: column {column!r}: file not found: {extra[column]}")
             sources.append(Source(path=path, group=group, assembly=assembly,
-                                  species=(row.get("species") or "").strip(), **extra))
+                                  species=(row.get("species") or "").strip(), line=line_no, **extra))
     if not sources:
         raise DataPrepError(f"{tsv_path}: no rows; add one line per FASTA file")
     return sources
+
+
+def check_distinct(sources: List[Source], tsv_path: str, sha256s: Optional[Sequence[str]] = None) -> None:
+    """Refuse one file listed twice (by its real path) or, given the files' checksums, two rows with identical
+    contents (e.g. the same assembly as human and as non-human): its tokens would silently count twice."""
+    keys = [(os.path.realpath(s.path), "the same file") for s in sources]
+    if sha256s is not None:
+        keys = [(sha, f"files with identical contents, sha256 {sha[:16]}...") for sha in sha256s]
+    first = {}
+    for source, (key, what) in zip(sources, keys):
+        other = first.setdefault(key, source)
+        if other is not source:
+            raise DataPrepError(
+                f"{tsv_path}: lines {other.line} and {source.line} are {what} ({other.path} as {other.group} "
+                f"{other.assembly!r}; {source.path} as {source.group} {source.assembly!r}), so its tokens would "
+                f"count twice; remove one row, or pass --allow-duplicate-sources if that is intended")
