@@ -7,7 +7,7 @@ YAML files in this folder and dotted command-line overrides are merged onto thes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 
 @dataclass
@@ -72,9 +72,38 @@ class MLAConfig:
 
 
 @dataclass
+class HNetSSMConfig:
+    """Mamba-2 settings of every H-Net stage (mamba_ssm's defaults; H-Net uses chunk 256)."""
+
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    chunk_size: int = 256
+
+
+@dataclass
+class HNetConfig:
+    """The H-Net / dnaHNet backbone (model.arch == 'hnet'); lists hold one value per stage, outermost first."""
+
+    layout: List[Any] = field(default_factory=lambda: ["m4", ["T9"], "m4"])  # official DSL: m/M Mamba-2, t/T attention
+    d_model: List[int] = field(default_factory=lambda: [256, 512])
+    d_intermediate: List[int] = field(default_factory=lambda: [0, 1024])  # SwiGLU width of upper-case blocks
+    num_heads: List[int] = field(default_factory=lambda: [8, 8])
+    rotary_dim: List[int] = field(default_factory=lambda: [32, 32])
+    window: List[int] = field(default_factory=lambda: [1023, -1])  # sliding attention window; -1 = full causal
+    target_ratios: List[float] = field(default_factory=lambda: [3.0])  # N per routing stage (dnaHNet: 3, 2)
+    ratio_loss_weight: float = 0.02  # alpha
+    lr_multipliers: List[float] = field(default_factory=lambda: [2.0, 1.0])  # per stage, outer stages learn faster
+    init_std: float = 0.02
+    ssm: HNetSSMConfig = field(default_factory=HNetSSMConfig)
+
+
+@dataclass
 class ModelConfig:
     """A GPT-style single-nucleotide decoder: RMSNorm, SwiGLU, RoPE, no biases, untied embeddings."""
 
+    arch: str = "gpt"  # gpt: megatron-core GPT family (the fields below) | hnet: H-Net (model.hnet; vocab_size, norm_eps)
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
@@ -84,6 +113,7 @@ class ModelConfig:
     vocab_size: int = 128  # padded vocabulary; the pack manifest's ids must fit
     attention: str = "standard"  # standard (MHA/GQA) | mla
     attention_backend: str = "auto"  # auto | flash | sdpa | local
+    te: str = "auto"  # TransformerEngine layers: auto (when it imports on a GPU) | on (required) | off (torch-native)
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.01
@@ -91,6 +121,7 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     mla: MLAConfig = field(default_factory=MLAConfig)
     gengram: GengramConfig = field(default_factory=GengramConfig)
+    hnet: HNetConfig = field(default_factory=HNetConfig)
 
 
 @dataclass
@@ -102,6 +133,7 @@ class ParallelConfig:
     expert: int = 1
     context: int = 1
     sequence_parallel: bool = False
+    zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (model.arch=hnet trains through DeepSpeed)
 
 
 @dataclass
@@ -138,13 +170,17 @@ class TrainConfig:
     eval_steps: int = 10  # validation size: this many global batches per group (human, non-human), fixed samples
     bad_loss: str = "skip"  # skip | stop: what a NaN/inf loss or a loss spike does (skipped steps are counted)
     loss_spike_factor: Optional[float] = None  # a loss above factor x the mean of the last 20 is a spike; null = off
+    max_consecutive_skips: int = 20  # this many skipped steps in a row stop the run (exit 1): the model is broken
     peak_tflops: Optional[float] = None  # per-device peak for MFU; null = known GPUs (H100/H200 bf16: 989)
 
 
 @dataclass
 class CheckpointConfig:
     every: int = 1000  # steps between saves; one is always written at the end
-    keep: int = 3  # newest checkpoints kept; older ones are pruned
+    keep: int = 3  # newest checkpoints kept; older ones are pruned (never the newest verified one)
+    init_from: Optional[str] = None  # start a new run from this checkpoint's weights (fresh optimizer and schedule)
+    override_schedule: bool = False  # on resume, apply changed optim.lr/min_lr/weight_decay, schedule.*, max_steps
+    allow_restart: bool = False  # start from step 0 although RUN_DIR/checkpoints holds only unusable checkpoints
 
 
 @dataclass
@@ -155,6 +191,25 @@ class LoggingConfig:
     wandb_tags: List[str] = field(default_factory=list)
     wandb_mode: str = "online"  # online | offline
     tensorboard: bool = False
+
+
+@dataclass
+class FocusConfig:
+    """FOCUS summary-token context compression (model/focus, ../shared/reference/focus-hnet.md section 1): a summary
+    token after every k bases, an adapter trained on a frozen checkpoint, streaming with an O(L/k + W) KV cache."""
+
+    k: int = 100  # bases per summary token
+    window: int = 1024  # W in bases: base K/V are evicted at the end of each window of W bases
+    raw_visibility: str = "window"  # window (R2: all earlier positions of the window + earlier summaries) | kmer (R1)
+    summary_memory: Optional[int] = None  # null = keep every summary; N = keep the last N from earlier windows
+    adapter_layers: List[int] = field(default_factory=list)  # 1-based layers with adapter weights; [] = all
+    adapter_params: List[str] = field(default_factory=lambda: ["q", "k", "v"])  # subset of q, k, v, o
+    init_from_base: bool = True  # adapter projections start as copies of the frozen ones
+    summary_token_id: int = 126  # vocabulary id of the summary token (unused by the packs; must be < model.vocab_size)
+    k_sampling: List[int] = field(default_factory=list)  # training draws k from this list per step; [] = always k
+    summary_loss: str = "next_base"  # next_base: summary positions predict the next real base too | none
+    distill_kl: float = 0.0  # weight of KL(frozen base || focus) on base positions (an extension, not in the paper)
+    attention_kernel: str = "auto"  # auto: flex_attention block masks on CUDA, boolean-mask SDPA otherwise | sdpa
 
 
 @dataclass
@@ -170,3 +225,4 @@ class NucleotronConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    focus: FocusConfig = field(default_factory=FocusConfig)

@@ -12,6 +12,7 @@ from .schema import NucleotronConfig
 MAX_GENGRAM_ORDER = 6  # 5**6 = 15,625 table rows; the spec defines orders 1..6
 
 CHOICES = {
+    "model.arch": ("gpt", "hnet"),
     "data.verify": ("sampled", "full"),
     "model.attention": ("standard", "mla"),
     "model.attention_backend": ("auto", "flash", "sdpa", "local"),
@@ -21,6 +22,9 @@ CHOICES = {
     "train.precision": ("bf16", "fp32"),
     "train.bad_loss": ("skip", "stop"),
     "logging.wandb_mode": ("online", "offline"),
+    "focus.raw_visibility": ("window", "kmer"),
+    "focus.summary_loss": ("next_base", "none"),
+    "focus.attention_kernel": ("auto", "sdpa"),
 }
 
 POSITIVE_INTS = (
@@ -28,8 +32,8 @@ POSITIVE_INTS = (
     "model.ffn_hidden_size", "model.vocab_size", "model.gengram.table_dim", "model.gengram.conv_kernel",
     "parallel.tensor", "parallel.pipeline", "parallel.expert", "parallel.context",
     "train.micro_batch_size", "train.global_batch_size", "train.log_every", "train.eval_every",
-    "train.eval_steps", "checkpoint.every", "checkpoint.keep", "model.mla.kv_lora_rank", "model.mla.qk_head_dim",
-    "model.mla.qk_pos_emb_head_dim", "model.mla.v_head_dim",
+    "train.eval_steps", "train.max_consecutive_skips", "checkpoint.every", "checkpoint.keep", "model.mla.kv_lora_rank", "model.mla.qk_head_dim",
+    "model.mla.qk_pos_emb_head_dim", "model.mla.v_head_dim", "focus.k", "focus.window",
 )
 
 # key -> (low, low_included, high, high_included, null_allowed); every value must also be finite, so inf and nan
@@ -54,7 +58,12 @@ NUMBER_RANGES = {
     "schedule.decay_fraction": (0, True, 1, True, False),
     "train.loss_spike_factor": (1, False, None, False, True),
     "train.peak_tflops": (0, False, None, False, True),
+    "focus.distill_kl": (0, True, None, False, False),
 }
+
+
+# model.te spellings -> setting: YAML and dotted overrides read on/off as booleans, which reach a str field as True/False
+TE_SETTINGS = {"auto": "auto", "on": "on", "True": "on", "off": "off", "False": "off"}
 
 
 class ConfigError(ValueError):
@@ -90,6 +99,8 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         value = _get(cfg, key)
         if value not in allowed:
             problems.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    if str(cfg.model.te) not in TE_SETTINGS:
+        problems.append(f"model.te={cfg.model.te!r} is not one of: auto, on, off")
     for key in POSITIVE_INTS:
         value = _get(cfg, key)
         if value < 1:
@@ -102,6 +113,8 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
         return problems
 
     m, p = cfg.model, cfg.parallel
+    if m.arch == "hnet":  # the GPT-only checks below then see untouched GPT defaults
+        problems += _hnet_problems(cfg)
     groups = m.num_query_groups if m.num_query_groups is not None else m.num_attention_heads
     if groups < 1 or m.num_attention_heads % groups:
         problems.append(
@@ -191,6 +204,81 @@ def config_problems(cfg: NucleotronConfig) -> List[str]:
     o = cfg.optim
     if o.min_lr > o.lr:
         problems.append(f"optim.min_lr={o.min_lr} must not exceed optim.lr={o.lr}")
+    problems += _focus_problems(cfg)
+    return problems
+
+
+def _hnet_problems(cfg: NucleotronConfig) -> List[str]:
+    """The model.hnet.* settings of an H-Net (model.arch=hnet): a layout that parses, one value per stage."""
+    from nucleotron.model.hnet.layout import parse_stack, stage_layouts
+
+    h, p, problems = cfg.model.hnet, cfg.parallel, []
+    try:
+        layouts = stage_layouts(h.layout)
+    except ValueError as err:
+        return [str(err)]
+    stages = len(layouts)
+    for key in ("d_model", "d_intermediate", "num_heads", "rotary_dim", "window", "lr_multipliers"):
+        if len(getattr(h, key)) != stages:
+            problems.append(f"model.hnet.{key}={list(getattr(h, key))} needs one value per stage ({stages} for "
+                            f"layout {h.layout})")
+    if len(h.target_ratios) != stages - 1 or any(not n > 1 for n in h.target_ratios):
+        problems.append(f"model.hnet.target_ratios={list(h.target_ratios)} needs one ratio > 1 per routing stage "
+                        f"({stages - 1} for layout {h.layout})")
+    if problems:
+        return problems
+    for s, stacks in enumerate(layouts):
+        blocks = [b for stack in stacks for b in parse_stack(stack)]
+        d, heads = h.d_model[s], h.num_heads[s]
+        if s and d < h.d_model[s - 1]:
+            problems.append(f"model.hnet.d_model={list(h.d_model)} must not shrink inward (stage {s})")
+        if any(b.mixer == "mamba2" for b in blocks) and (h.ssm.expand * d) % h.ssm.headdim:
+            problems.append(f"model.hnet.ssm.expand={h.ssm.expand} x model.hnet.d_model[{s}]={d} is not divisible "
+                            f"by model.hnet.ssm.headdim={h.ssm.headdim}")
+        if any(b.mixer == "attention" for b in blocks):
+            if heads < 1 or d % heads:
+                problems.append(f"model.hnet.num_heads[{s}]={heads} must divide model.hnet.d_model[{s}]={d}")
+            elif h.rotary_dim[s] % 2 or not 0 <= h.rotary_dim[s] <= d // heads:
+                problems.append(f"model.hnet.rotary_dim[{s}]={h.rotary_dim[s]} must be even and at most the head "
+                                f"dim {d // heads}")
+        if any(b.mlp for b in blocks) and h.d_intermediate[s] < 1:
+            problems.append(f"model.hnet.d_intermediate[{s}]={h.d_intermediate[s]} must be positive: stage {s} has "
+                            f"upper-case (MLP) blocks")
+        if h.window[s] < -1:
+            problems.append(f"model.hnet.window[{s}]={h.window[s]} must be -1 (full causal) or >= 0")
+    if any(not m > 0 for m in h.lr_multipliers):
+        problems.append(f"model.hnet.lr_multipliers={list(h.lr_multipliers)} must be positive")
+    if not h.ratio_loss_weight >= 0 or not h.init_std > 0:
+        problems.append(f"model.hnet.ratio_loss_weight={h.ratio_loss_weight} must be >= 0 and "
+                        f"model.hnet.init_std={h.init_std} > 0")
+    for key in ("d_state", "d_conv", "expand", "headdim", "chunk_size"):
+        if getattr(h.ssm, key) < 1:
+            problems.append(f"model.hnet.ssm.{key}={getattr(h.ssm, key)} must be a positive integer")
+    if (p.tensor, p.pipeline, p.expert, p.context) != (1, 1, 1, 1) or p.sequence_parallel:
+        problems.append("model.arch=hnet trains data-parallel through DeepSpeed ZeRO: set parallel.tensor, "
+                        "parallel.pipeline, parallel.expert and parallel.context to 1 and parallel.sequence_parallel "
+                        "to false (use parallel.zero_stage to shard optimizer state, gradients or parameters)")
+    if p.zero_stage not in (0, 1, 2, 3):
+        problems.append(f"parallel.zero_stage={p.zero_stage} is not one of: 0, 1, 2, 3")
+    return problems
+
+
+def _focus_problems(cfg: NucleotronConfig) -> List[str]:
+    """The focus.* settings (they only matter to `nucleotron focus`, but a typo should fail at load)."""
+    f, problems = cfg.focus, []
+    if f.summary_memory is not None and f.summary_memory < 1:
+        problems.append(f"focus.summary_memory={f.summary_memory} must be >= 1 (or null to keep every summary)")
+    bad = [x for x in f.adapter_layers if not 1 <= x <= cfg.model.num_layers]
+    if bad or len(set(f.adapter_layers)) != len(f.adapter_layers):
+        problems.append(f"focus.adapter_layers={list(f.adapter_layers)} must be distinct 1-based layers in "
+                        f"1..{cfg.model.num_layers} ([] = all)")
+    if not f.adapter_params or not set(f.adapter_params) <= {"q", "k", "v", "o"}:
+        problems.append(f"focus.adapter_params={list(f.adapter_params)} must be a non-empty subset of q, k, v, o")
+    if not 0 <= f.summary_token_id < cfg.model.vocab_size:
+        problems.append(f"focus.summary_token_id={f.summary_token_id} must lie in 0..{cfg.model.vocab_size - 1} "
+                        f"(model.vocab_size); pick an id the packs never use")
+    if any(k < 1 for k in f.k_sampling):
+        problems.append(f"focus.k_sampling={list(f.k_sampling)} must hold positive integers ([] = always focus.k)")
     return problems
 
 
