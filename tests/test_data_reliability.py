@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nucleotron.data_prep import manifest as manifest_module
-from nucleotron.data_prep import records
+from nucleotron.data_prep import merge, records
 from nucleotron.data_prep.cli import main as data_main
 from nucleotron.data_prep.errors import DataPrepError
 from nucleotron.data_prep.lock import lock_path, pack_lock
@@ -255,17 +255,24 @@ def test_identical_contents_as_human_and_nonhuman_are_refused_unless_allowed(tmp
 
 # --- one-line errors -----------------------------------------------------------------------------------------------
 
-def test_disk_full_in_a_worker_is_one_line_and_harms_no_pack(pack, built, capsys, monkeypatch):
+@pytest.mark.parametrize("stage", ["cutting a record", "finishing the pack"])
+def test_disk_full_is_one_line_and_harms_no_pack(pack, built, capsys, monkeypatch, stage):
     before = snapshot(pack)
 
-    def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(records, "write_documents", full)
+    def full(path, *_args, **_kwargs):
+        named = [] if stage == "cutting a record" else [path + ".idx"]     # os.pwritev names no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *named)
+    if stage == "cutting a record":
+        monkeypatch.setattr(records, "write_documents", full)
+        where = f"{pack}.work/"
+    else:
+        monkeypatch.setattr(merge, "write_index", full)
+        where = f"{pack.parent}/.pack.building-{os.getpid()}/human_train.idx"
     assert data_main(["prep", "--sources", str(built / "sources.tsv"), "--seq-len", "1024", "--min-len", "8",
                       "--out", str(pack), "--overwrite", "--no-progress", "--workers", "1"]) == 1
     err = capsys.readouterr().err
     line = next(l for l in err.splitlines() if "error:" in l)
-    assert line.startswith(f"nucleotron data prep: error: {pack}.work/") and "human_train" in line
+    assert line.startswith(f"nucleotron data prep: error: {where}") and "human_train" in line
     assert "no space left on the device (" in line and "free there); free some space" in line
     assert "re-run the same command" in line and "Traceback" not in err
     assert snapshot(pack) == before
@@ -280,7 +287,8 @@ def test_workers_below_one_is_an_error(built, tmp_path, capsys, workers):
 
 
 def test_utf8_byte_order_mark_is_skipped(built, tmp_path):
-    make_sources(tmp_path)
+    tsv = make_sources(tmp_path)
+    tsv.write_bytes(b"\xef\xbb\xbf" + tsv.read_bytes())
     for name in ("human.fa", "ape.fa"):
         (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (built / name).read_bytes())
     prep(tmp_path)
