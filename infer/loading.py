@@ -1,0 +1,72 @@
+"""One way into a trained model for scoring, embeddings and probes: a run directory, a checkpoint (training or
+imported weights) or an exported Hugging Face folder -> the plain-PyTorch model of modeling_nucleotron.py.
+
+Megatron is needed only to read a checkpoint (infer/checkpoint.py); inference itself runs the plain model, whose
+logits the export tests check against megatron's, on CPU or a GPU, with any batch of right-padded sequences.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from .modeling_nucleotron import NucleotronForCausalLM, NucleotronLMConfig
+
+EXPORT_RECORD = "nucleotron_export.json"
+
+
+@dataclass
+class LoadedModel:
+    model: NucleotronForCausalLM
+    vocab: Dict[str, int]     # token -> id (A, C, G, T, N, EOD, PAD)
+    seq_len: int              # the training sequence length: the longest input scored in one window
+    identity: dict            # where the weights came from (path, step, kind) for reports
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def is_hf_folder(path: str) -> bool:
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as handle:
+        return json.load(handle).get("model_type") == "nucleotron"
+
+
+def hf_model_from_checkpoint(path: str):
+    """(NucleotronForCausalLM in fp32 on CPU, Checkpoint) from a Nucleotron checkpoint."""
+    from .checkpoint import megatron_state_dict
+    from .hf_weights import hf_config, to_hf
+
+    ckpt, state = megatron_state_dict(path)
+    config = NucleotronLMConfig(**hf_config(ckpt.cfg, ckpt.vocab, ckpt.cfg.data.seq_len))
+    with torch.device("meta"):
+        model = NucleotronForCausalLM(config)
+    model.load_state_dict(to_hf(state, ckpt.cfg), strict=True, assign=True)
+    return model.eval(), ckpt
+
+
+def load_model(path: str, device: Optional[str] = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if is_hf_folder(path):
+        model = NucleotronForCausalLM.from_pretrained(path, dtype=dtype)
+        with open(os.path.join(path, "vocab.json")) as handle:
+            hf_vocab = json.load(handle)
+        vocab = {("EOD" if k == "<EOD>" else "PAD" if k == "<PAD>" else k): int(v) for k, v in hf_vocab.items()}
+        identity = {"path": os.path.abspath(path), "format": "hf"}
+        record = os.path.join(path, EXPORT_RECORD)
+        if os.path.isfile(record):
+            with open(record) as handle:
+                identity["exported_from"] = json.load(handle)
+        seq_len = model.config.max_position_embeddings
+    else:
+        model, ckpt = hf_model_from_checkpoint(path)
+        vocab, seq_len = ckpt.vocab, ckpt.cfg.data.seq_len
+        identity = {"path": ckpt.directory, "format": "nucleotron", "kind": ckpt.kind, "step": ckpt.step}
+    model = model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(model=model, vocab=vocab, seq_len=seq_len, identity=identity)
