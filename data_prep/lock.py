@@ -77,8 +77,9 @@ def _describe(content: bytes) -> str:
 
 
 def remove_dead_building_dirs(out: str, log: Callable[[str], None]) -> None:
-    """Delete `.NAME.building-PID[.old]` folders beside `out` whose PID is not a live process here; report the rest.
-    Called under the lock, so no other prep of `out` is writing them."""
+    """Delete `.NAME.building-PID[.old]` folders beside `out` whose PID is not a live process here; report the rest
+    (and an `.old` one, the previous pack, when a killed publish left no `out`). Called under the lock, so no other
+    prep of `out` is writing them."""
     parent, name = os.path.split(os.path.abspath(out))
     pattern = re.compile(rf"\.{re.escape(name)}\.building-(\d+)(\.old)?")
     for entry in sorted(os.listdir(parent)):
@@ -86,7 +87,10 @@ def remove_dead_building_dirs(out: str, log: Callable[[str], None]) -> None:
         if not match or int(match.group(1)) == os.getpid():
             continue
         path = os.path.join(parent, entry)
-        if _alive(int(match.group(1))):
+        if match.group(2) and not os.path.exists(out):
+            log(f"left {path} in place: it holds the previous pack of a run killed while publishing (no {out} now); "
+                f"rename it to {out} to get that pack back")
+        elif _alive(int(match.group(1))):
             log(f"left {path} in place: process {match.group(1)} is running on this host; delete the folder if it "
                 f"is not a `data prep` of {out}")
         else:

@@ -157,6 +157,14 @@ def test_stale_lock_and_dead_runs_leftovers_are_taken_over_and_removed(built, tm
     assert not os.path.exists(lock_path(str(out)))
 
 
+def test_previous_pack_left_by_a_killed_publish_is_kept(built, tmp_path, capsys):
+    out = tmp_path / "pack"
+    previous = shutil.copytree(built / "pack", tmp_path / f".pack.building-{DEAD_PID}.old")
+    prep(built, out=out)
+    assert f"left {previous} in place: it holds the previous pack" in capsys.readouterr().err
+    verify_pack(str(previous))
+
+
 # --- verify_pack ---------------------------------------------------------------------------------------------------
 
 def test_a_good_pack_verifies_sampled_and_full(pack, capsys):
