@@ -14,8 +14,12 @@ RECOMPUTE = {  # our switch -> megatron's (granularity, method, num_layers)
 }
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: str = "fp32") -> TransformerConfig:
-    """The paper's backbone conventions: RMSNorm, SwiGLU, no biases, no dropout, init std from the config."""
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: str = "fp32",
+                       grouped_gemm: bool = False) -> TransformerConfig:
+    """The paper's backbone conventions: RMSNorm, SwiGLU, no biases, no dropout, init std from the config.
+
+    grouped_gemm: megatron's moe_grouped_gemm, set with the TransformerEngine spec (TEGroupedMLP experts); the
+    torch-native spec groups its GEMMs in nucleotron.model.experts and leaves it off."""
     granularity, method, num_layers = RECOMPUTE[model.recompute]
     bf16 = precision == "bf16"
     kwargs = dict(
@@ -57,6 +61,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: 
             moe_router_load_balancing_type="aux_loss",
             moe_router_dtype="fp32",
             moe_token_dispatcher_type=moe.dispatcher,
+            moe_grouped_gemm=grouped_gemm,
         )
     if model.attention == "mla":
         mla = model.mla

@@ -15,6 +15,8 @@ import types
 
 import torch
 
+from .no_te_mode import apply_no_te_patches
+
 MEGATRON_CORE_VERSION = "0.16.1"
 
 # megatron modules whose `torch` name is swapped for a CPU-mapping proxy, and why.
@@ -157,13 +159,8 @@ def apply_cpu_patches() -> bool:
     # The RNG tracker saves/restores "the CUDA generator" through these two helpers: use the CPU generator.
     tp_random._get_cuda_rng_state = _CpuCuda.get_rng_state
     tp_random._set_cuda_rng_state = _CpuCuda.set_rng_state
-    # Without TransformerEngine the name is never bound, and the router's gemm raises NameError (megatron bug).
-    moe_utils.te_general_gemm = None
-    # Without TransformerEngine megatron binds TELinear to a MagicMock placeholder, and MLA's
-    # `isinstance(self.linear_proj, TELinear)` raises TypeError; a class nothing is an instance of keeps it False.
-    from megatron.core.transformer import multi_latent_attention
-    if not isinstance(multi_latent_attention.TELinear, type):
-        multi_latent_attention.TELinear = type("TELinearAbsent", (), {})
+    # The router's te_general_gemm and MLA's TELinear placeholder: shared with CUDA machines without TE.
+    apply_no_te_patches()
     # gloo's all_to_all_single takes list/numpy split sizes; CPU tensors would stay tensors.
     moe_utils.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
     token_dispatcher.maybe_move_tensor_to_cpu = move_to_cpu_keeping_numpy
