@@ -76,13 +76,13 @@ def run_prep(opts: PrepOptions) -> dict:
     check_out(out, opts.overwrite, inputs)
     if not opts.allow_duplicate_sources:
         check_distinct(sources, opts.sources)
-    with pack_lock(out, _log):
-        check_out(out, opts.overwrite, inputs)       # again: the lock's holder may just have published
-        remove_dead_building_dirs(out, _log)
-        try:
+    try:
+        with pack_lock(out, _log):
+            check_out(out, opts.overwrite, inputs)       # again: the lock's holder may just have published
+            remove_dead_building_dirs(out, _log)
             return _prep_locked(opts, out, rules, sources, inputs)
-        except OSError as err:                 # the work dir's own files (workers name theirs, see records.py)
-            raise os_error(opts.work_dir or out + ".work", err) from None
+    except OSError as err:        # the lock, the work dir's own files (workers name theirs, see records.py)
+        raise os_error(opts.work_dir or out + ".work", err) from None
 
 
 def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: List[Source], inputs) -> dict:
