@@ -10,25 +10,41 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from train_runs import TINY, checkpoints, losses, make_pack, metrics, run_train, train_command, training_env
 
 REQUEUE = 75
+GOLDEN = Path(__file__).parent / "assets" / "golden_losses.json"
 
 
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return make_pack(tmp_path_factory.mktemp("train-data"))
+def assert_golden(name: str, records) -> None:
+    """Exact per-step losses of a tiny CPU run against tests/assets/golden_losses.json. CPU runs are bit-deterministic
+    (training_env: no CUDA, one thread), so any numeric drift fails here; a deliberate change to numerics regenerates
+    the file (NUCLEOTRON_UPDATE_GOLDEN=1 python -m pytest tests/test_train.py) in the same commit, with the reason."""
+    records = [list(r) for r in records]
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("NUCLEOTRON_UPDATE_GOLDEN") == "1":
+        import torch
+
+        golden[name] = {"torch": torch.__version__, "losses": records}
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+        return
+    assert name in golden, f"{GOLDEN} has no {name!r}: run with NUCLEOTRON_UPDATE_GOLDEN=1 once"
+    assert records == golden[name]["losses"]
 
 
-@pytest.fixture(scope="module")
-def straight(pack, tmp_path_factory):
-    """The uninterrupted 8-step run every resumed run must reproduce bit for bit."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run_train(pack, run_dir)
-    return run_dir
+@pytest.fixture
+def pack(train_pack):
+    return train_pack
+
+
+@pytest.fixture
+def straight(straight_run):
+    return straight_run
 
 
 def test_straight_run_learns_and_writes_the_run_directory(straight):
@@ -52,6 +68,10 @@ def test_straight_run_learns_and_writes_the_run_directory(straight):
     assert "hidden_size: 64" in (straight / "config.yaml").read_text()
     state = json.loads((straight / "checkpoints" / "step-00000008" / "nucleotron.json").read_text())
     assert state["step"] == 8 and state["consumed_samples"] == 32 and state["scheduler"]["num_steps"] == 8
+
+
+def test_straight_run_matches_the_golden_losses(straight):
+    assert_golden("tiny-cpu", losses(straight))
 
 
 def test_stop_and_resume_is_bit_identical_and_continues_the_wandb_run(pack, straight, tmp_path):
@@ -138,14 +158,14 @@ def test_partial_or_truncated_checkpoints_are_skipped(pack, straight, tmp_path):
 def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
     """A NaN loss at step 3 (injected into the loss) is skipped and counted, or stops the run, by config."""
     inject = (
-        "import sys; from nucleotron.train import trainer as t; real = t._loss_report\n"
+        "import sys; from nucleotron.train import loss as t; real = t.token_loss\n"
         "calls = [0]\n"
         "def poisoned(*a):\n"
         "    calls[0] += 1\n"
-        "    total, count, report = real(*a)\n"
-        "    return (total * float('nan'), count, {'sums': report['sums'] * float('nan')}) if calls[0] in (5, 6) "
-        "else (total, count, report)\n"
-        "t._loss_report = poisoned\n"
+        "    total, count, sums = real(*a)\n"
+        "    return (total * float('nan'), count, sums * float('nan')) if calls[0] in (5, 6) "
+        "else (total, count, sums)\n"
+        "t.token_loss = poisoned\n"
         "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
     base = train_command(pack, tmp_path / "skip")[3:]  # drop "python -m nucleotron.launch.cli"
     result = subprocess.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"], capture_output=True,
@@ -175,6 +195,7 @@ def test_two_process_tensor_parallel_run_trains_resumes_and_reshards(pack, strai
         assert result.returncode == 0, result.stderr[-5000:]
         assert "TP 2" in result.stderr
     assert "at step 4" in result.stderr
+    assert_golden("tiny-cpu-tp2", losses(run_dir))   # two TP=2 segments, resumed at 4: a straight TP=2 run's losses
     result = run_train(pack, run_dir)
     assert "at step 6" in result.stderr and "resharded" in result.stderr
     mixed, single = losses(run_dir), losses(straight)
@@ -227,7 +248,7 @@ def test_bad_setting_exits_2_naming_it(pack, tmp_path):
 
 def test_resuming_with_another_model_is_refused(straight):
     from nucleotron.configs import ConfigError, load_config
-    from nucleotron.train.trainer import check_resume_config
+    from nucleotron.train.run_dir import check_resume_config
 
     saved = (straight / "config.yaml").read_text()
     check_resume_config(saved, load_config(TINY, ["train.max_steps=10", "model.recompute=full"]), "ckpt")

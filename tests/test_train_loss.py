@@ -3,7 +3,7 @@ import torch
 
 from nucleotron.data_prep import tokens as tk
 from nucleotron.train.data import SoftMaskedDataset
-from nucleotron.train.trainer import _loss_report
+from nucleotron.train.loss import token_loss
 
 
 def test_weighted_loss_is_the_weighted_mean_and_the_report_stays_plain():
@@ -14,16 +14,16 @@ def test_weighted_loss_is_the_weighted_mean_and_the_report_stays_plain():
     weights = torch.ones(2, 16)
     weights[:, :5] = 0.1
     weights[1, -1] = 0.0                                     # a padded target
-    total, count, report = _loss_report(tk.EOD, labels, weights, losses)
+    total, count, sums = token_loss(losses, labels, weights, tk.EOD)
     counted = weights > 0
     assert int(count) == int(counted.sum())
     # megatron divides by count: the gradient follows sum(w * l) / sum(w)
     assert torch.allclose(total / count, (losses * weights).sum() / weights.sum())
-    loss_sum, tokens, base_sum, bases = report["sums"].tolist()
+    loss_sum, tokens, base_sum, bases = sums.tolist()
     assert tokens == counted.sum() and abs(loss_sum - losses[counted].sum().item()) < 1e-5
     base = counted & (labels != tk.EOD)
     assert bases == base.sum() and abs(base_sum - losses[base].sum().item()) < 1e-5
-    plain_total, _, _ = _loss_report(tk.EOD, labels, counted.float(), losses)
+    plain_total, _, _ = token_loss(losses, labels, counted.float(), tk.EOD)
     assert torch.equal(plain_total, (losses * counted).sum())   # 0/1 masks: exactly the plain sum
 
 

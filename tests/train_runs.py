@@ -33,9 +33,13 @@ def make_pack(root: Path, seq_len: int = 128, soft_mask: bool = False) -> Path:
 
 
 def training_env() -> dict:
-    """The test process's environment without TRITON_INTERPRET (conftest sets it for the in-process kernel tests):
-    a CPU training run takes Gengram's PyTorch path, as a user's CPU run does, instead of Triton's slow interpreter."""
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    """The test process's environment for a CPU training run, the same on every machine so losses are bit-exact
+    against tests/assets/golden_losses.json: no TRITON_INTERPRET (conftest sets it for the in-process kernel tests;
+    a CPU run takes Gengram's PyTorch path, as a user's does), no CUDA device (CPU mode even on a GPU machine), and
+    one thread per process (floating-point sums do not depend on the core count)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    return env
 
 
 def train_command(pack: Path, run_dir: Path, *overrides: str) -> List[str]:

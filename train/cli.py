@@ -30,10 +30,14 @@ def main(argv: List[str]) -> int:
     warnings.filterwarnings("ignore", message="full scope is deprecated")
     from nucleotron.data_prep.errors import DataPrepError
 
+    from .checkpoint import CheckpointError
     from .trainer import BadLossError, train
 
     try:
         return train(cfg)
-    except (ConfigError, DataPrepError, BadLossError) as err:
+    except (ConfigError, DataPrepError, CheckpointError) as err:
         print(f"nucleotron train: {err}", file=sys.stderr)
-        return 2 if not isinstance(err, BadLossError) else 1
+        return 2
+    except BadLossError as err:
+        print(f"nucleotron train: {err}", file=sys.stderr)
+        return 1

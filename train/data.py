@@ -17,9 +17,6 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from nucleotron.data_prep.manifest import Manifest
 
-GROUPS = ("human", "nonhuman")
-
-
 @dataclass(frozen=True)
 class PackTokenizer:
     """What megatron's GPTDataset needs of a tokenizer: packs are already token ids, so only the special ids."""
@@ -59,12 +56,12 @@ def build_train_dataset(manifest: Manifest, num_samples: int, seed: int, cache_d
 
 
 def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_dir: str) -> Dict[str, object]:
-    """One fixed validation set per group (human, non-human), so each group's loss is reported on its own."""
+    """One fixed validation set per group the manifest names (human, non-human...), each reported on its own."""
     if "valid" not in manifest.blend:
         return {}
     entry = manifest.blend["valid"]
     datasets = {}
-    for group in GROUPS:
+    for group in dict.fromkeys(entry.groups):
         prefixes = [os.path.join(manifest.directory, p) for p, g in zip(entry.prefixes, entry.groups) if g == group]
         if not prefixes:
             continue

@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Protocol, Tuple
 import torch
 
 from nucleotron.configs import ConfigError, NucleotronConfig
+from nucleotron.data_prep.manifest import Manifest
 
 from .loss import LossSums
 
@@ -43,8 +44,15 @@ class Engine(Protocol):
     def data_parallel(self) -> Tuple[int, int]:
         """(rank, size) of this process among the data-parallel replicas: which slice of each global batch it reads."""
 
-    def build(self, vocab: Dict[str, int], total_steps: int) -> None:
-        """Model, optimizer and LR schedule for a run of `total_steps` optimizer steps."""
+    def seed_offset(self) -> int:
+        """Added to run.seed before the model is built: ranks that must draw different numbers (pipeline stages)."""
+
+    def layout(self) -> str:
+        """The parallel layout in words, for the start-up line (e.g. "TP 2, PP 1, EP 1, DP 4")."""
+
+    def build(self, manifest: Manifest, total_steps: int) -> None:
+        """Model, optimizer and LR schedule for a run of `total_steps` optimizer steps on the pack of `manifest`
+        (its vocabulary, EOD id and sequence length)."""
 
     def forward_backward(self, batches: Iterator[Batch], num_microbatches: int) -> LossSums:
         """Forward and backward of one global batch (this rank's micro-batches); gradients accumulate."""
@@ -75,6 +83,9 @@ class Engine(Protocol):
 
     def load_weights(self, directory: str) -> None:
         """Read only the model weights of a checkpoint (fine-tuning, conversion): fresh optimizer and schedule."""
+
+    def parameters_finite(self) -> bool:
+        """Whether every weight is finite, on every rank (checked before a save and after a non-finite grad norm)."""
 
     def statistics(self) -> Dict[str, float]:
         """Per-layer numbers for the log (Gengram gates, MoE balance, H-Net compression), same on every rank."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import uuid
-from typing import Optional
+from typing import List, Optional
 
 from nucleotron.configs import ConfigError, NucleotronConfig
+from nucleotron.configs.files import write_atomic
 
-from .files import write_text_atomic
+from .mfu import mfu
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -39,7 +39,20 @@ def truncate_after(path: str, step: int) -> None:
                 kept.append(line)
         except ValueError:
             continue  # a line cut short by the kill
-    write_text_atomic(path, "".join(kept))
+    write_atomic(path, "".join(kept))
+
+
+def train_record(state, step_times: List[float], lr: float, grad_norm: float, tokens_per_step: int, world: int,
+                 flops_per_token: float, peak: Optional[float]) -> dict:
+    """The `train` line of the steps since the last one: mean loss and step time, throughput, MFU."""
+    seconds = sum(step_times) / len(step_times)
+    tokens_per_s = tokens_per_step / seconds
+    per_device = tokens_per_s / world
+    return {"kind": "train", "step": state.step, "loss": sum(state.unlogged_losses) / len(state.unlogged_losses),
+            "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device, "mfu": mfu(flops_per_token, per_device, peak),
+            "step_seconds": seconds, "consumed_samples": state.consumed_samples,
+            "skipped_steps": state.skipped_steps}
 
 
 def _finite_or_none(value):
@@ -107,7 +120,8 @@ class MetricsLogger:
                 parts.append(f"skipped {record['skipped_steps']}")
         else:
             parts = [f"valid @ {step}", f"loss {record['loss']:.4f}", f"{record['bits_per_base']:.4f} bits/base"]
-            parts += [f"{g} {record[g + '/loss']:.4f}" for g in ("human", "nonhuman") if g + "/loss" in record]
+            parts += [f"{key[:-5]} {value:.4f}" for key, value in record.items()
+                      if key.endswith("/loss") and value is not None]
         parts.append(f"{elapsed / 60:.1f} min")
         print(" | ".join(parts), flush=True)
 
@@ -126,6 +140,3 @@ def _plain_config(cfg: NucleotronConfig) -> dict:
 
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
-
-def note(message: str) -> None:
-    print(f"[nucleotron] {message}", file=sys.stderr, flush=True)

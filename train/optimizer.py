@@ -90,8 +90,8 @@ def build_optimizer(model, cfg: NucleotronConfig, total_steps: int, bf16: bool, 
         end_wd=cfg.optim.weight_decay,
         wd_incr_steps=total_steps,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        use_checkpoint_opt_param_scheduler=not cfg.checkpoint.override_schedule,
+        override_opt_param_scheduler=cfg.checkpoint.override_schedule,  # resume applies the config's schedule
     )
     return optimizer, scheduler
 

@@ -65,6 +65,11 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def device() -> torch.device:
+    """Where this rank computes: its CUDA device, or the CPU in CPU mode."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def destroy_distributed() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():

@@ -1,11 +1,13 @@
-"""`nucleotron quickstart`: the whole workflow on a CPU in a few minutes, with nothing to download.
+"""`nucleotron quickstart`: the whole workflow on a CPU in minutes, with nothing to download.
 
-1. writes a small synthetic two-group genome (human-like and chimp-like FASTA) with things a k-mer memory can use:
-   a vocabulary of recurring motifs, soft-masked copies of a repeat family, and N gaps;
+1. writes a synthetic two-species genome built from what real genomes contain (data_prep/genome_sim.py: genes with
+   promoters, TATA boxes, codon-structured exons and splice sites, interspersed repeat families at the human
+   genome's shares, microsatellites and poly-A/T tracts, N gaps; a chimp-like copy ~1.2% diverged);
 2. runs `nucleotron data prep` on it (train split, chr5 held out for validation);
-3. runs `nucleotron train` twice with configs/experiments/tiny-cpu.yaml: a baseline without Gengram and the same model
-   with Gengram, W&B in offline mode;
-4. prints both validation losses side by side and where the runs and logs are.
+3. runs `nucleotron train` for each seed and each arm of configs/experiments/quickstart.yaml: a baseline without
+   Gengram and the same model with Gengram (with --moe: the MoE preset, quickstart-moe.yaml), W&B in offline mode;
+4. prints the held-out loss and bits/base of both arms as mean and spread over seeds, the per-seed difference, and
+   draws the learning curves of both arms into one PNG (with --moe also the routers' load-balancing loss).
 
 Each step is the command a user would type, printed before it runs; re-running the quickstart reuses the pack and
 resumes (or just reports) finished runs.
@@ -14,70 +16,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
-
 from nucleotron.configs import CONFIG_ROOT
+from nucleotron.configs.files import write_atomic
 
-BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
-COMPLEMENT = bytes.maketrans(b"ACGTacgtN", b"TGCAtgcaN")
-
-
-def _random_bases(rng: np.random.Generator, n: int) -> np.ndarray:
-    return BASES[rng.integers(0, 4, n)]
+ARMS = {"baseline": ["model.gengram.layers=[]"], "gengram": []}
+CHROMOSOMES = ("chr1", "chr2", "chr3", "chr4", "chr5")
+GENOME_SEED = 2026
 
 
-def _motif_genome(rng: np.random.Generator, motifs: List[np.ndarray], repeat: np.ndarray, length: int,
-                  motif_rate: float, divergence: float) -> bytes:
-    """Background bases with motifs planted at `motif_rate` per base, soft-masked repeat copies and two N gaps."""
-    seq = _random_bases(rng, length)
-    position = int(rng.integers(0, 50))
-    while position < length - 40:
-        motif = motifs[int(rng.integers(0, len(motifs)))]
-        seq[position:position + len(motif)] = motif
-        position += len(motif) + int(rng.geometric(motif_rate))
-    text = bytearray(seq.tobytes())
-    for _ in range(length // 20_000):  # repeat-family copies, ~8% divergent, lower case like RepeatMasker output
-        copy = repeat.copy()
-        mutate = rng.random(len(copy)) < 0.08
-        copy[mutate] = _random_bases(rng, int(mutate.sum()))
-        start = int(rng.integers(0, length - len(copy)))
-        text[start:start + len(copy)] = copy.tobytes().lower()
-    if divergence:  # the other species: point substitutions everywhere
-        where = np.flatnonzero(rng.random(length) < divergence)
-        for index, base in zip(where, _random_bases(rng, len(where))):
-            text[index] = base if text[index] < 97 else base + 32
-    for _ in range(2):  # assembly gaps
-        start, run = int(rng.integers(0, length - 600)), int(rng.integers(150, 500))
-        text[start:start + run] = b"N" * run
-    return bytes(text)
+def write_genomes(out: Path, megabases: float, seed: int = GENOME_SEED) -> Path:
+    """human.fa and chimp.fa (5 chromosomes each, the second ~1.2% diverged from the first), human.gff3 (what
+    was placed where: genes, exons, TATA boxes, splice sites, repeats, microsatellites, gaps) and sources.tsv."""
+    from nucleotron.data_prep.genome_sim import gff3, simulate_species
+    from nucleotron.data_prep.synthetic import write_fasta
 
-
-def write_genomes(out: Path, megabases: float, seed: int = 2026) -> Path:
-    """human.fa and chimp.fa (5 chromosomes each; chimp ~2% diverged, half its motifs its own) and sources.tsv."""
-    rng = np.random.default_rng(seed)
-    shared = [_random_bases(rng, int(rng.integers(16, 32))) for _ in range(16)]
-    chimp_only = [_random_bases(rng, int(rng.integers(16, 32))) for _ in range(8)]
-    repeat = _random_bases(rng, 300)
-    per_chrom = int(megabases * 1e6 / 2 / 5)
+    per_chrom = int(megabases * 1e6 / 2 / len(CHROMOSOMES))
+    human, chimp, annotation = simulate_species(seed, {name: per_chrom for name in CHROMOSOMES})
     out.mkdir(parents=True, exist_ok=True)
-    for name, motifs, divergence in (("human", shared, 0.0), ("chimp", shared[:8] + chimp_only, 0.02)):
-        with open(out / f"{name}.fa.tmp", "w") as handle:
-            for chrom in range(1, 6):
-                seq = _motif_genome(rng, motifs, repeat, per_chrom, motif_rate=0.05, divergence=divergence)
-                handle.write(f">chr{chrom}\n")
-                for i in range(0, len(seq), 80):
-                    handle.write(seq[i:i + 80].decode() + "\n")
-        os.replace(out / f"{name}.fa.tmp", out / f"{name}.fa")
-    (out / "sources.tsv").write_text("path\tgroup\tassembly\tspecies\n"
-                                     "human.fa\thuman\tsynthetic-human\tHomo sapiens (synthetic)\n"
-                                     "chimp.fa\tnonhuman\tsynthetic-chimp\tPan troglodytes (synthetic)\n")
-    return out / "sources.tsv"
+    write_atomic(str(out / "human.gff3"), gff3(annotation))
+    for name, genome in (("human", human), ("chimp", chimp)):
+        write_fasta(str(out / f"{name}.fa.tmp"), genome.items(), width=80)
+        (out / f"{name}.fa.tmp").replace(out / f"{name}.fa")
+    sources = out / "sources.tsv"
+    write_atomic(str(sources), "path\tgroup\tassembly\tspecies\n"
+                               "human.fa\thuman\tsynthetic-human\tHomo sapiens (synthetic)\n"
+                               "chimp.fa\tnonhuman\tsynthetic-chimp\tPan troglodytes (synthetic)\n")
+    return sources
 
 
 def _run(command: List[str]) -> None:
@@ -100,47 +70,93 @@ def _final_validation(run_dir: Path) -> Dict[str, float]:
     return valid[-1]
 
 
+def _spread(values: List[float]) -> str:
+    """'mean ± sample std [min, max]' (no std for a single seed)."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+
+
+def summary_table(results: Dict[str, List[dict]]) -> str:
+    lines = [f"{'arm':<10} {'seeds':>5}  {'loss (nats/base)':<36} {'bits/base':<36}"]
+    for arm, finals in results.items():
+        lines.append(f"{arm:<10} {len(finals):>5}  {_spread([r['loss'] for r in finals]):<36} "
+                     f"{_spread([r['bits_per_base'] for r in finals]):<36}")
+    for group in ("human", "nonhuman"):
+        key = f"{group}/loss"
+        if all(key in r for finals in results.values() for r in finals):
+            lines.append(f"  {group} loss: " + ", ".join(
+                f"{arm} {_spread([r[key] for r in finals])}" for arm, finals in results.items()))
+    deltas = [g["loss"] - b["loss"] for b, g in zip(results["baseline"], results["gengram"])]
+    lines.append(f"Gengram - baseline, same seed: {_spread(deltas)} nats/base "
+                 f"(per seed: {', '.join(f'{d:+.4f}' for d in deltas)})")
+    return "\n".join(lines)
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nucleotron quickstart",
-        description="CPU demo with no downloads: synthetic genome -> packs -> a baseline and a Gengram model.")
+        description="CPU demo with no downloads: synthetic genome -> packs -> baseline and Gengram models, "
+                    "over one or more seeds.")
     parser.add_argument("--out", default="quickstart", help="working folder (default ./quickstart)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps per model (default 400)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds per arm (default 1; 3 or more to see the spread)")
+    parser.add_argument("--moe", action="store_true",
+                        help="the MoE preset (configs/experiments/quickstart-moe.yaml): compare the routers' "
+                             "load-balancing loss with and without Gengram")
+    parser.add_argument("--steps", type=int, help="training steps per model (default: the preset's train.max_steps)")
     parser.add_argument("--genome-mb", type=float, default=2.0, help="synthetic genome size in Mb (default 2)")
     parser.add_argument("--seq-len", type=int, default=256, help="pack sequence length (default 256)")
     parser.add_argument("--wandb", choices=("offline", "off"), default="offline",
-                        help="W&B logging of both runs (default offline: no account or network needed)")
+                        help="W&B logging of the runs (default offline: no account or network needed)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
+    from nucleotron.configs import load_config
+    from nucleotron.launch.plot import PlotError
+    from nucleotron.launch.report import plot_curves
+
+    preset = "quickstart-moe" if args.moe else "quickstart"
+    config = CONFIG_ROOT / "experiments" / f"{preset}.yaml"
+    steps = args.steps or load_config(config).train.max_steps
     out = Path(args.out).resolve()
-    config = str(CONFIG_ROOT / "experiments" / "tiny-cpu.yaml")
     pack = out / "packs" / f"seq{args.seq_len}"
     print(f"nucleotron quickstart: everything goes to {out}", flush=True)
     if not (pack / "manifest.json").is_file():
         sources = write_genomes(out / "fasta", args.genome_mb)
-        print(f"wrote a {args.genome_mb:g} Mb synthetic two-group genome to {sources.parent}", flush=True)
+        print(f"wrote a {args.genome_mb:g} Mb synthetic two-species genome to {sources.parent}", flush=True)
         _run(_nucleotron("data", "prep", "--sources", str(sources), "--seq-len", str(args.seq_len), "--out",
                          str(pack), "--valid-chroms", "chr5", "--no-progress"))
-    runs = {"baseline": ["model.gengram.layers=[]"], "gengram": []}
-    common = [f"data.packs={pack}", f"train.max_steps={args.steps}", "train.global_batch_size=8", f"train.eval_every={args.steps}",
-              f"checkpoint.every={args.steps}", f"train.log_every={max(1, args.steps // 10)}"]
+    common = [f"data.packs={pack}", f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 3)}",
+              f"checkpoint.every={steps}", f"train.log_every={max(1, steps // 30)}"]
     if args.wandb == "offline":
         common += ["logging.wandb=true", "logging.wandb_mode=offline", "logging.wandb_project=nucleotron-quickstart"]
-    for name, extra in runs.items():
-        _run(_nucleotron("train", "--config", config, f"run.dir={out / 'runs' / name}", f"run.name=quickstart-{name}",
-                         *common, *extra))
+    runs: Dict[str, List[Path]] = {arm: [] for arm in ARMS}
+    for seed in range(1, args.seeds + 1):
+        for arm, extra in ARMS.items():
+            run_dir = out / "runs" / preset / f"{arm}-seed{seed}"
+            _run(_nucleotron("train", "--config", str(config), f"run.dir={run_dir}",
+                             f"run.name={preset}-{arm}-seed{seed}", f"run.seed={seed}", *common, *extra))
+            runs[arm].append(run_dir)
 
-    results = {name: _final_validation(out / "runs" / name) for name in runs}
-    print(f"\nvalidation after {args.steps} steps (chr5 of both synthetic species, held out):")
-    print(f"{'run':<10} {'loss':>8} {'bits/base':>10} {'human':>8} {'nonhuman':>9}")
-    for name, r in results.items():
-        print(f"{name:<10} {r['loss']:>8.4f} {r['bits_per_base']:>10.4f} {r['human/loss']:>8.4f} "
-              f"{r['nonhuman/loss']:>9.4f}")
-    delta = results["gengram"]["loss"] - results["baseline"]["loss"]
-    print(f"Gengram - baseline: {delta:+.4f} nats/base")
-    print(f"\nruns: {out / 'runs'}/{{baseline,gengram}} (config.yaml, metrics.jsonl, checkpoints/)")
+    results = {arm: [_final_validation(d) for d in dirs] for arm, dirs in runs.items()}
+    plot = out / f"{preset}-curves.png"
+    try:
+        plot_curves(runs, plot, moe=args.moe)
+    except PlotError as err:
+        raise SystemExit(f"nucleotron quickstart: {err}") from None
+    print(f"\nvalidation after {steps} steps (chr5 of both synthetic species, held out), "
+          f"mean ± std [min, max] over {args.seeds} seed(s):")
+    print(summary_table(results))
+    print(f"\nlearning curves{' and MoE load balance' if args.moe else ''}: {plot}")
+    print(f"runs: {out / 'runs' / preset}/{{baseline,gengram}}-seed* (config.yaml, metrics.jsonl, checkpoints/)")
     if args.wandb == "offline":
-        print(f"W&B offline logs: {out / 'runs'}/*/wandb (upload later with `wandb sync <dir>`)")
+        print(f"W&B offline logs: {out / 'runs' / preset}/*/wandb (upload later with `wandb sync <dir>`)")
+    fasta = out / "fasta"
+    print(f"inside the Gengram model: nucleotron analyze gengram {runs['gengram'][0]} --fasta {fasta / 'human.fa'} "
+          f"--annotation {fasta / 'human.gff3'} --region chr5:1-5000")
     print("next: real data with `nucleotron data fetch` / `data prep`, a paper config from configs/models/, "
           "and `nucleotron launch slurm` (see README)")
     return 0

@@ -6,10 +6,11 @@ flag so every rank saves at the same step even when the signal reached only some
 from __future__ import annotations
 
 import signal
-import sys
 
 import torch
 import torch.distributed as dist
+
+from .log import logger
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -26,8 +27,8 @@ class PreemptionWatch:
 
     def _record(self, signum, frame):
         if self.received is None:
-            print(f"[nucleotron] received {signal.Signals(signum).name}: saving a checkpoint at the next step "
-                  f"boundary, then exiting for requeue", file=sys.stderr, flush=True)
+            logger.info(f"received {signal.Signals(signum).name}: saving a checkpoint at the next step boundary, "
+                        f"then exiting for requeue")
         self.received = signum
 
     def stop_requested(self) -> bool:
