@@ -31,7 +31,8 @@ class FocusStreamer:
     def reset(self) -> None:
         self.cache = FocusKVCache()
         self.bases_seen = 0
-        self.max_entries = 0
+        self.max_entries = 0  # the most K/V positions per layer held at once (just before an eviction)
+        self.max_kv_bytes = 0
 
     @torch.no_grad()
     def feed(self, base_ids: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,7 @@ class FocusStreamer:
         logits = model.run(ids, layout, mask, spec.k, cache=self.cache)
         self.cache.layout = self.cache.layout.cat(layout)
         self.max_entries = max(self.max_entries, self.cache.entries())
+        self.max_kv_bytes = max(self.max_kv_bytes, self.cache.kv_bytes())
         self.bases_seen += piece.shape[1]
         if self.bases_seen % spec.window == 0:
             self._evict()

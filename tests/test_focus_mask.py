@@ -124,3 +124,24 @@ def test_bad_focus_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match="configs/models/tiny.yaml: invalid configuration") as err:
         load_config("configs/models/tiny.yaml", [override])
     assert message in str(err.value)
+
+
+def test_focus_settings_merge_over_a_checkpoint_config(tmp_path):
+    from nucleotron.configs.schema import FocusConfig
+    from nucleotron.infer.focus_io import focus_config
+
+    cfg = load_config("configs/models/tiny.yaml")
+    trained = FocusConfig(k=8, window=64, adapter_params=["q", "o"])
+    merged = focus_config(cfg, trained, ["focus.summary_memory=4"], "adapter.safetensors")
+    assert (merged.focus.k, merged.focus.window, merged.focus.summary_memory) == (8, 64, 4)
+    assert merged.focus.adapter_params == ["q", "o"] and merged.model == cfg.model
+    paper = focus_config(cfg, None, [], "ckpt", "configs/focus/paper.yaml")
+    assert (paper.focus.k, paper.focus.window, paper.focus.raw_visibility) == (100, 1024, "window")
+    with pytest.raises(ConfigError, match=r"'model.hidden_size=8': only focus.KEY=VALUE overrides are accepted"):
+        focus_config(cfg, None, ["model.hidden_size=8"], "ckpt")
+    with pytest.raises(ConfigError, match="adapter.safetensors: invalid configuration"):
+        focus_config(cfg, None, ["focus.raw_visibility=r3"], "adapter.safetensors")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("focus:\n  k: 4\nmodel:\n  hidden_size: 8\n")
+    with pytest.raises(ConfigError, match="a FOCUS config holds one top-level key, 'focus'"):
+        focus_config(cfg, None, [], "ckpt", str(bad))

@@ -193,3 +193,43 @@ def test_flex_attention_block_mask_equals_dense_mask_on_gpu(megatron_state):
         model.cfg.attention_kernel = "auto"
         flex, _ = model(ids)
     torch.testing.assert_close(flex, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_file_round_trip_and_bad_files(megatron_state, tmp_path):
+    from nucleotron.configs import ConfigError
+    from nucleotron.infer.focus_io import read_adapter, save_adapter
+
+    cfg, _, model = build(["focus.adapter_params=[q,o]"])
+    path = str(tmp_path / "focus.safetensors")
+    save_adapter(model, path)
+    tensors, saved_cfg = read_adapter(path)
+    assert saved_cfg == cfg.focus
+    _, _, fresh = build(["focus.adapter_params=[q,o]"], perturb=False)
+    fresh.load_adapter_state_dict(tensors)
+    ids = dna(1, 40, device=device_of(model))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids)[0], model(ids)[0])
+    _, _, other = build([], perturb=False)
+    with pytest.raises(ValueError, match="adapter state does not match this model and focus config: missing"):
+        other.load_adapter_state_dict(tensors)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="junk.safetensors: not a readable FOCUS adapter file"):
+        read_adapter(str(tmp_path / "junk.safetensors"))
+
+
+def test_eval_reports_zero_distance_before_the_first_summary_and_counts_kv(megatron_state):
+    from nucleotron.infer.focus_eval import fidelity_report, memory_point
+
+    cfg, _, model = build(["focus.k=32", "focus.window=64"])
+    device = device_of(model)
+    short = [dna(1, 31, seed=s, device=device)[0] for s in (1, 2)]  # no summary yet: FOCUS is the base model
+    report = fidelity_report(model, short)
+    assert report["positions"] == 62 and len(report["per_position"]["l1"]["median"]) == 31
+    assert all(v["median"] < 1e-6 for v in report["overall"].values()), report["overall"]
+    longer = fidelity_report(model, [dna(1, 100, device=device)[0]])
+    assert max(longer["per_position"]["l1"]["median"][64:]) > 1e-4, "after a window end FOCUS differs"
+    focus = memory_point(model, 150, True, 64, BASES, decode=3)
+    full = memory_point(model, 150, False, 64, BASES, decode=3)
+    assert focus["kv_entries_per_layer"] == 153 // 32 + (153 - 128)
+    assert full["kv_entries_per_layer"] == 153
+    assert focus["max_kv_entries_per_layer"] == 64 + 2 + 2  # a full window, its 2 summaries, 2 earlier ones
