@@ -1,11 +1,14 @@
 """The k-mer window mean: reference vs the definition, fused Triton kernel (forward and table gradients) vs reference.
 
-On CPU the Triton kernels run in the interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+Kernel tests put their tensors on the device the kernels run on: CUDA when the machine has it, else CPU, where the
+Triton kernels run in the interpreter (tests/conftest.py sets TRITON_INTERPRET=1). The naive-loop checks of the
+reference stay on CPU.
 """
 import pytest
 import torch
 
 from nucleotron.kernels.kmer_gather import kmer_window_mean, kmer_window_mean_triton
+from nucleotron.kernels.kmer_triton import INTERPRETING
 from nucleotron.kernels.prefix_sum_baseline import kmer_window_mean_prefix_sum
 from nucleotron.kernels.reference import document_starts, kmer_window_mean_reference
 
@@ -13,27 +16,29 @@ from nucleotron.kernels.reference import document_starts, kmer_window_mean_refer
 A, C, G, T, N, EOD, PAD = 8, 5, 6, 7, 9, 12, 0
 VOCAB_SIZE = 16
 ORDERS = (1, 2, 3, 4, 5, 6)
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Triton kernels run
+CPU = torch.device("cpu")
 
 
-def symbol_codes() -> torch.Tensor:
+def symbol_codes(device=KERNEL_DEVICE) -> torch.Tensor:
     codes = torch.full((VOCAB_SIZE,), -1, dtype=torch.long)
     for code, token in enumerate((A, C, G, T, N)):
         codes[token] = code
-    return codes
+    return codes.to(device)
 
 
-def random_tokens(b: int, s: int, seed: int) -> torch.Tensor:
+def random_tokens(b: int, s: int, seed: int, device=KERNEL_DEVICE) -> torch.Tensor:
     """Mostly bases and N, with EODs and a PAD sprinkled in (both map to -1)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.tensor([A, C, G, T, N])[torch.randint(0, 5, (b, s), generator=gen)]
     ids[torch.rand(b, s, generator=gen) < 0.06] = EOD
     ids[0, s // 2] = PAD
-    return ids
+    return ids.to(device)
 
 
-def random_tables(d: int, seed: int, orders=ORDERS, dtype=torch.float32):
+def random_tables(d: int, seed: int, orders=ORDERS, dtype=torch.float32, device=KERNEL_DEVICE):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(5 ** n, d, generator=gen).to(dtype).requires_grad_() for n in orders]
+    return [torch.randn(5 ** n, d, generator=gen).to(device=device, dtype=dtype).requires_grad_() for n in orders]
 
 
 def naive_window_mean(ids, tables, codes, window, orders=ORDERS, doc_start=None):
@@ -74,20 +79,20 @@ def assert_fused_matches_reference(tables, fused, reference):
 @pytest.mark.parametrize("window", [None, 1, 3, 7])
 @pytest.mark.parametrize("reset", [False, True])
 def test_reference_equals_naive_loop(window, reset):
-    ids = random_tokens(2, 24, seed=1)
-    tables = random_tables(3, seed=2)
+    ids = random_tokens(2, 24, seed=1, device=CPU)
+    tables = random_tables(3, seed=2, device=CPU)
     doc_start = document_starts(ids, EOD) if reset else None
-    got = kmer_window_mean_reference(ids, tables, symbol_codes(), window, doc_start=doc_start)
-    want = naive_window_mean(ids, tables, symbol_codes(), window, doc_start=doc_start)
+    got = kmer_window_mean_reference(ids, tables, symbol_codes(CPU), window, doc_start=doc_start)
+    want = naive_window_mean(ids, tables, symbol_codes(CPU), window, doc_start=doc_start)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_reference_equals_naive_loop_for_an_order_subset():
-    ids = random_tokens(1, 30, seed=3)
+    ids = random_tokens(1, 30, seed=3, device=CPU)
     orders = (2, 5)
-    tables = random_tables(4, seed=4, orders=orders)
-    got = kmer_window_mean_reference(ids, tables, symbol_codes(), 9, orders=orders)
-    want = naive_window_mean(ids, tables, symbol_codes(), 9, orders=orders)
+    tables = random_tables(4, seed=4, orders=orders, device=CPU)
+    got = kmer_window_mean_reference(ids, tables, symbol_codes(CPU), 9, orders=orders)
+    want = naive_window_mean(ids, tables, symbol_codes(CPU), 9, orders=orders)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
@@ -115,12 +120,15 @@ def test_fused_kernel_for_an_order_subset():
                                    kmer_window_mean_reference(ids, tables, symbol_codes(), 5, orders=orders))
 
 
-def test_entry_point_runs_the_fused_kernel_here():
-    """Under the interpreter (or on CUDA) the public entry point is the autograd Function, not the reference."""
+def test_entry_point_dispatch():
+    """CUDA tensors, and CPU tensors under the interpreter, run the fused autograd Function; other CPU tensors
+    (CPU training) run the reference."""
     ids = random_tokens(1, 16, seed=30)
     out = kmer_window_mean(ids, random_tables(4, seed=31), symbol_codes(), 21)
     assert out.shape == (1, 16, 6 * 4)
-    assert type(out.grad_fn).__name__ == "KmerWindowMeanBackward"
+    assert type(out.grad_fn).__name__ == "KmerWindowMeanBackward"  # KERNEL_DEVICE: where the kernels run
+    on_cpu = kmer_window_mean(ids.cpu(), random_tables(4, seed=31, device=CPU), symbol_codes(CPU), 21)
+    assert (type(on_cpu.grad_fn).__name__ == "KmerWindowMeanBackward") == INTERPRETING
 
 
 def test_bad_table_shape_is_rejected():
@@ -147,7 +155,7 @@ def test_poisoned_output_memory_is_fully_overwritten(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", nan_empty)
     fused = kmer_window_mean_triton(ids, tables, symbol_codes(), 3)
-    grad_out = torch.randn(fused.shape)
+    grad_out = torch.randn(fused.shape, device=fused.device)
     grads = torch.autograd.grad(fused, tables, grad_out)
     monkeypatch.undo()
 
@@ -172,7 +180,7 @@ def test_bf16_tables_keep_bf16_accuracy_late_in_an_8k_sequence():
     more; the public reference's bf16 prefix sums are shown to miss it by far.
     """
     gen = torch.Generator().manual_seed(60)
-    ids = torch.tensor([A, C, G, T])[torch.randint(0, 4, (1, 8192), generator=gen)]
+    ids = torch.tensor([A, C, G, T])[torch.randint(0, 4, (1, 8192), generator=gen)].to(KERNEL_DEVICE)
     tables = [t.detach().to(torch.bfloat16) for t in random_tables(16, seed=61)]
     exact = kmer_window_mean_reference(ids, [t.float() for t in tables], symbol_codes(), 21)[0, 8000]
     bound = 2.0 ** -7
