@@ -17,6 +17,7 @@ COMMANDS = {
     "quickstart": ("nucleotron.train.quickstart", "CPU demo: synthetic genome -> packs -> baseline vs Gengram runs"),
     "launch": ("nucleotron.launch.commands", "start runs: slurm (sbatch, requeue-safe), local (torchrun), sweep"),
     "report": ("nucleotron.launch.report", "final validation loss per run next to the paper's numbers"),
+    "focus": ("nucleotron.infer.focus_cli", "FOCUS context compression on a frozen checkpoint: streaming score, eval"),
 }
 
 
