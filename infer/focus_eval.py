@@ -88,6 +88,21 @@ def memory_point(model, length: int, compress: bool, chunk: int, vocab_ids: Sequ
     }
 
 
+def segments(records, length: int, limit: int, eod: int) -> List:
+    """Non-overlapping pieces of `length` bases (EOD first) from the records in order, at most `limit` of them;
+    records shorter than `length` are taken whole."""
+    import numpy as np
+
+    out = []
+    for ids in records:
+        bases = ids[1:]
+        for start in range(0, max(len(bases) - length, 0) + 1, length):
+            out.append(np.concatenate([[eod], bases[start:start + length]]))
+            if len(out) == limit:
+                return out
+    return out
+
+
 def memory_profile(model, lengths: Sequence[int], chunk: int, vocab_ids: Sequence[int]) -> List[dict]:
     return [memory_point(model, n, compress, chunk, vocab_ids) for n in lengths for compress in (True, False)]
 
@@ -130,6 +145,10 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--sequences", required=True, help="held-out FASTA (.fa/.fasta/.fna, .gz too)")
     parser.add_argument("--focus-config", help="YAML with a focus: section (configs/focus/*.yaml), applied over "
                         "the adapter's settings")
+    parser.add_argument("--record", action="append", help="only these FASTA records (repeatable; default all)")
+    parser.add_argument("--segment", type=int, default=1024, help="bases per compared segment (default 1024, as "
+                        "in the paper)")
+    parser.add_argument("--max-segments", type=int, default=200, help="segments compared at most (default 200)")
     parser.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"memory sweep lengths (default {DEFAULT_LENGTHS})")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("overrides", nargs="*", help="focus.KEY=VALUE (e.g. focus.window=2048)")
@@ -140,7 +159,13 @@ def main(argv: List[str]) -> int:
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
         with open_focus(args.checkpoint, args.adapter, args.overrides, args.focus_config) as (model, vocab, cfg):
-            _, records = encode_records(args.sequences, vocab)
+            names, records = encode_records(args.sequences, vocab)
+            if args.record:
+                missing = sorted(set(args.record) - set(names))
+                if missing:
+                    raise ValueError(f"{args.sequences}: no record named {missing}; it has {names[:10]}")
+                records = [r for name, r in zip(names, records) if name in args.record]
+            records = segments(records, args.segment, args.max_segments, vocab["EOD"])
             device = next(model.parameters()).device
             report = {"checkpoint": args.checkpoint, "adapter": args.adapter, "focus": asdict(cfg.focus),
                       "fidelity": fidelity_report(model, [torch.from_numpy(r).to(device) for r in records]),

@@ -66,3 +66,10 @@ def test_focus_score_and_bad_input(saved, capsys):
     assert main(["score", str(saved / "ckpt"), "--adapter", str(saved / "focus.safetensors"), "--sequences",
                  str(saved / "bad.fa"), "--out", str(saved / "bad.tsv")]) == 2
     assert "bad.fa record 'x': character 'X' at position 5 is not a DNA base" in capsys.readouterr().err
+
+
+def test_focus_help_and_unknown_subcommand(capsys):
+    assert main(["--help"]) == 0
+    assert "  score" in capsys.readouterr().out
+    assert main(["train"]) == 2
+    assert "nucleotron focus: unknown subcommand 'train'" in capsys.readouterr().err

@@ -145,3 +145,15 @@ def test_focus_settings_merge_over_a_checkpoint_config(tmp_path):
     bad.write_text("focus:\n  k: 4\nmodel:\n  hidden_size: 8\n")
     with pytest.raises(ConfigError, match="a FOCUS config holds one top-level key, 'focus'"):
         focus_config(cfg, None, [], "ckpt", str(bad))
+
+
+def test_eval_segments_cut_records_into_equal_pieces():
+    import numpy as np
+
+    from nucleotron.infer.focus_eval import segments
+
+    records = [np.array([12] + list(range(100, 125))), np.array([12, 1, 2, 3])]
+    pieces = segments(records, 10, 5, eod=12)
+    assert [p.tolist() for p in pieces] == [[12] + list(range(100, 110)), [12] + list(range(110, 120)),
+                                            [12, 1, 2, 3]]
+    assert len(segments(records, 10, 1, eod=12)) == 1
