@@ -44,7 +44,11 @@ def resolve_checkpoint(path: str) -> str:
         return path
     for root in (os.path.join(path, "checkpoints"), path):
         if os.path.isdir(root):
-            found = find_resumable(root)
+            try:  # inference only reads: never move a checkpoint that fails verification aside
+                found = find_resumable(root, reject=False)
+            except TypeError:
+                found = find_resumable(root)
+            found = found[0] if isinstance(found, tuple) else found  # (directory, skipped) in newer trainers
             if found is not None:
                 return found
     raise CheckpointError(f"{path}: no complete checkpoint found (expected RUN_DIR, RUN_DIR/checkpoints or a "
