@@ -18,6 +18,11 @@ COMMANDS = {
     "launch": ("nucleotron.launch.commands", "start runs: slurm (sbatch, requeue-safe), local (torchrun), sweep"),
     "report": ("nucleotron.launch.report", "final validation loss per run next to the paper's numbers"),
     "focus": ("nucleotron.infer.focus_cli", "FOCUS context compression on a frozen checkpoint: streaming score, eval"),
+    "export": ("nucleotron.infer.export_hf", "export a checkpoint: hf (Hugging Face folder, trust_remote_code)"),
+    "import": ("nucleotron.infer.import_gengram", "import weights: gengram-megatron (released Megatron checkpoint)"),
+    "score": ("nucleotron.infer.score", "log-likelihood / bits per base of sequences; zero-shot VCF variant effects"),
+    "embed": ("nucleotron.infer.embed", "per-sequence or per-position embeddings of a layer to Parquet / NumPy"),
+    "eval": ("nucleotron.infer.probe", "eval probe: frozen features + cross-validated logistic regression -> JSON"),
 }
 
 
