@@ -40,15 +40,15 @@ def saved(tmp_path_factory):
 def test_focus_eval_writes_fidelity_and_memory(saved, capsys):
     out = saved / "eval"
     assert main(["eval", str(saved / "ckpt"), "--adapter", str(saved / "focus.safetensors"), "--sequences",
-                 str(saved / "seqs.fa"), "--lengths", "40,80", "--out", str(out), "focus.summary_memory=2"]) == 0
+                 str(saved / "seqs.fa"), "--lengths", "48", "--out", str(out), "focus.summary_memory=2"]) == 0
     report = json.loads((out / "focus_eval.json").read_text())
     assert report["focus"]["k"] == 8 and report["focus"]["summary_memory"] == 2
     assert report["fidelity"]["positions"] == 71 + 46  # EOD + bases of each record
     assert set(report["fidelity"]["overall"]) == {"l1", "l2", "hellinger", "js", "kl"}
     assert len(report["fidelity"]["per_position"]["kl"]["median"]) == 46
     rows = {(r["model"], r["length"]): r for r in report["memory"]}
-    assert rows["uncompressed", 80]["kv_entries_per_layer"] == 80 + 16  # every base kept, decoded ones too
-    assert rows["focus", 80]["kv_entries_per_layer"] == 2 + 96 // 8 - 96 // 32 * 4  # last 2 earlier + window's 0
+    assert rows["uncompressed", 48]["kv_entries_per_layer"] == 48 + 16  # every base kept, decoded ones too
+    assert rows["focus", 48]["kv_entries_per_layer"] == 2  # 64 bases end a window: the last 2 summaries stay
     assert "fidelity (median / IQR): l1" in capsys.readouterr().out
 
 

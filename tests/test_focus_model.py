@@ -171,10 +171,10 @@ def test_training_steps_change_only_adapter_parameters(megatron_state):
 def test_greedy_generation_matches_the_parallel_forward_and_never_emits_summaries(megatron_state):
     cfg, _, model = build([])
     prompt = dna(1, 13, device=device_of(model))
-    generated = FocusStreamer(model).generate(prompt, 12, allowed_ids=BASES, temperature=0)
+    generated = FocusStreamer(model).generate(prompt, 8, allowed_ids=BASES, temperature=0)
     sequence = prompt
     with torch.no_grad():
-        for _ in range(12):
+        for _ in range(8):
             logits, layout = model(sequence)
             last = logits[:, ~layout.is_summary][:, -1]
             token = torch.tensor(BASES, device=last.device)[last[:, BASES].argmax(-1)]
@@ -219,7 +219,7 @@ def test_adapter_file_round_trip_and_bad_files(megatron_state, tmp_path):
 def test_eval_reports_zero_distance_before_the_first_summary_and_counts_kv(megatron_state):
     from nucleotron.infer.focus_eval import fidelity_report, memory_point
 
-    cfg, _, model = build(["focus.k=32", "focus.window=64"])
+    cfg, _, model = build(["model.gengram.layers=[]", "focus.k=32", "focus.window=64"])
     device = device_of(model)
     short = [dna(1, 31, seed=s, device=device)[0] for s in (1, 2)]  # no summary yet: FOCUS is the base model
     report = fidelity_report(model, short)
@@ -227,8 +227,8 @@ def test_eval_reports_zero_distance_before_the_first_summary_and_counts_kv(megat
     assert all(v["median"] < 1e-6 for v in report["overall"].values()), report["overall"]
     longer = fidelity_report(model, [dna(1, 100, device=device)[0]])
     assert max(longer["per_position"]["l1"]["median"][64:]) > 1e-4, "after a window end FOCUS differs"
-    focus = memory_point(model, 150, True, 64, BASES, decode=3)
-    full = memory_point(model, 150, False, 64, BASES, decode=3)
-    assert focus["kv_entries_per_layer"] == 153 // 32 + (153 - 128)
-    assert full["kv_entries_per_layer"] == 153
-    assert focus["max_kv_entries_per_layer"] == 64 + 2 + 2  # a full window, its 2 summaries, 2 earlier ones
+    focus = memory_point(model, 100, True, 64, BASES, decode=3)
+    full = memory_point(model, 100, False, 64, BASES, decode=3)
+    assert focus["kv_entries_per_layer"] == 103 // 32 + (103 - 64)
+    assert full["kv_entries_per_layer"] == full["max_kv_entries_per_layer"] == 103
+    assert focus["max_kv_entries_per_layer"] == 64 + 2  # the first full window and its 2 summaries

@@ -209,6 +209,7 @@ class FocusModel(nn.Module):
                 self._hooks.append(gengram.register_forward_pre_hook(self._gengram_pre_hook(number, gengram)))
                 self._hooks.append(gengram.register_forward_hook(self._gengram_hook(number)))
         self._gengram_trim: Dict[int, int] = {}
+        self._masks: Dict[tuple, object] = {}
         self.base.eval()
 
     # -- hooks ------------------------------------------------------------------------------------------------
@@ -282,13 +283,17 @@ class FocusModel(nn.Module):
         """The masked parallel (training) forward over the whole sequence: ([b, n, V] logits, Layout)."""
         spec = self.mask_spec(k)
         ids, layout = insert_summaries(base_ids, spec.k, self.cfg.summary_token_id)
-        layout_dev = Layout(layout.base_index.to(base_ids.device), layout.is_summary.to(base_ids.device))
-        kernel = self.cfg.attention_kernel
-        if kernel == "auto" and flex_available(base_ids.device):
-            mask = block_mask(layout_dev, layout_dev, spec)
-        else:
-            mask = dense_mask(layout_dev, layout_dev, spec)
-        return self.run(ids, layout_dev, mask, spec.k, cache=None), layout_dev
+        return self.run(ids, layout, self._training_mask(layout, spec, base_ids.device), spec.k, cache=None), layout
+
+    def _training_mask(self, layout: Layout, spec: MaskSpec, device: torch.device):
+        """The parallel forward's mask, built once per (length, rule, kernel): every batch of a run reuses it."""
+        use_flex = self.cfg.attention_kernel == "auto" and flex_available(device)
+        key = (len(layout), spec, use_flex, str(device))
+        if key not in self._masks:
+            if len(self._masks) >= 4:  # a few lengths (k sampling, a last short batch) at most
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = (block_mask if use_flex else dense_mask)(layout, layout, spec)
+        return self._masks[key]
 
     def run(self, ids: torch.Tensor, layout: Layout, mask, k: int, cache: Optional[FocusKVCache]) -> torch.Tensor:
         """One FOCUS forward of augmented `ids` [b, n] at `layout`'s positions -> [b, n, V] logits."""
