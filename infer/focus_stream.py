@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 
 from nucleotron.model.focus.adapter import FocusKVCache, FocusModel
-from nucleotron.model.focus.layout import insert_summaries
+from nucleotron.model.focus.layout import Layout, insert_summaries
 from nucleotron.model.focus.mask import MaskSpec, dense_mask
 
 NEVER = 1 << 62  # a cadence / window no sequence reaches: no summaries, no eviction
@@ -29,7 +29,8 @@ class FocusStreamer:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = FocusKVCache()
+        device = next(self.model.parameters()).device
+        self.cache = FocusKVCache(layout=Layout.empty(device))  # kept positions live where the model runs
         self.bases_seen = 0
         self.max_entries = 0  # the most K/V positions per layer held at once (just before an eviction)
         self.max_kv_bytes = 0
