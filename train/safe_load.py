@@ -22,13 +22,15 @@ import types
 
 import torch
 
+from .checkpoint import CheckpointError
+
 _DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
                 "torch.distributed.checkpoint.filesystem")
 _EXACT = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
           ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice")}
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file asks the unpickler for something that is not checkpoint metadata."""
 
 
