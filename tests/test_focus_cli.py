@@ -1,6 +1,7 @@
 """`nucleotron focus eval` and `focus score` end to end on a saved tiny checkpoint and adapter file."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +12,16 @@ from nucleotron.infer.focus_cli import main
 VOCAB = {"PAD": 0, "C": 5, "G": 6, "T": 7, "A": 8, "N": 9, "EOD": 12}
 OVERRIDES = ["model.num_layers=2", "model.gengram.layers=[]", "model.attention_backend=sdpa", "focus.k=8",
              "focus.window=32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_environment():
+    """single_process_megatron sets RANK, WORLD_SIZE, MASTER_PORT ... and torch's thread count: undo both."""
+    env, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
