@@ -2,19 +2,22 @@
 
 Reads only what a run leaves in RUN_DIR: config.yaml (what was trained, which paper number applies) and
 metrics.jsonl (the last "valid" line is the run's final validation; a run still training shows its latest one).
+plot_curves draws the learning curves of groups of runs (the quickstart's arms over seeds) from the same files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from nucleotron.configs import ConfigError, load_config
 
 from .paper_numbers import references_for
+from .plot import PlotError
 
 
 @dataclass
@@ -120,3 +123,77 @@ def main(argv: List[str]) -> int:
             return 2
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _curve(records: List[dict], kind: str, key) -> Tuple[List[int], List[float]]:
+    """(steps, values) of the records of `kind` for which key(record) gives a number."""
+    points = [(r["step"], key(r)) for r in records if r.get("kind") == kind and isinstance(r.get("step"), int)]
+    points = [(s, v) for s, v in points if isinstance(v, (int, float)) and v == v]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def _mean_over_layers(prefix: str):
+    """key(record): the mean of the record's values named prefix + 'layer<L>' (MoE statistics are per layer)."""
+    def key(record: dict):
+        values = [v for k, v in record.items() if k.startswith(prefix + "layer") and isinstance(v, (int, float))]
+        return sum(values) / len(values) if values else None
+    return key
+
+
+def _mean_curve(curves: List[Tuple[List[int], List[float]]]) -> Tuple[List[int], List[float]]:
+    """The mean over runs at the steps every run logged."""
+    common = sorted(set.intersection(*(set(steps) for steps, _ in curves))) if curves else []
+    by_step = [dict(zip(steps, values)) for steps, values in curves]
+    return common, [sum(c[s] for c in by_step) / len(by_step) for s in common]
+
+
+def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) -> None:
+    """Learning curves of groups of runs (e.g. one arm over several seeds) in one PNG: training loss (thin line per
+    run, bold mean) and validation loss (markers), in bits per base; with moe, a second panel with the routers'
+    load-balancing loss (aux loss / its coefficient, mean over layers; 1 = balanced)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError("the learning-curve plot needs matplotlib: pip install matplotlib") from None
+    to_bits = 1 / math.log(2)
+    panels = [("train", "loss", lambda r: r.get("loss"), "loss (bits/base)", to_bits)]
+    if moe:
+        panels.append(("train", "moe", _mean_over_layers("moe/aux_loss/"), "load-balancing loss (1 = balanced)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for (kind, name, key, label, scale), ax in zip(panels, axes[0]):
+        for index, (group, run_dirs) in enumerate(groups.items()):
+            color = colors(index % 10)
+            records = [read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+                       for d in run_dirs]
+            curves = [c for c in (_curve(r, kind, key) for r in records) if c[0]]
+            for steps, values in curves:
+                ax.plot(steps, [v * scale for v in values], color=color, lw=0.6, alpha=0.35)
+            steps, values = _mean_curve(curves)
+            if steps:
+                ax.plot(steps, [v * scale for v in values], color=color, lw=2,
+                        label=f"{group} train (mean of {len(curves)})" if name == "loss" else f"{group}")
+            if name == "loss":
+                valid = [c for c in (_curve(r, "valid", lambda r: r.get("loss")) for r in records) if c[0]]
+                for i, (v_steps, v_values) in enumerate(valid):
+                    ax.plot(v_steps, [v * scale for v in v_values], "o", color=color, ms=4, mfc="none",
+                            label=f"{group} validation" if i == 0 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        if name == "loss":
+            ax.axhline(2.0, color="0.6", lw=0.8, ls="--")
+            ax.text(ax.get_xlim()[0], 2.0, " 2 bits: independent uniform bases", va="bottom", fontsize=7,
+                    color="0.4")
+        else:
+            ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise PlotError(f"cannot write {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)

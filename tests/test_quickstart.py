@@ -1,28 +1,97 @@
-"""`nucleotron quickstart` end to end, shortened: genome -> pack -> two runs -> the side-by-side table."""
+"""`nucleotron quickstart` end to end, shortened: genome -> pack -> both arms -> the summary over seeds and the plot."""
 import json
+import statistics
 import subprocess
 import sys
 
 from train_runs import training_env
 
 
-def test_quickstart_preps_trains_both_models_and_reports(tmp_path):
+def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     out = tmp_path / "qs"
-    command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "12",
-               "--genome-mb", "0.4", "--seq-len", "128"]
+    command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "6",
+               "--genome-mb", "0.4", "--seq-len", "128", "--seeds", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((out / "packs" / "seq128" / "manifest.json").read_text())
     assert manifest["seq_len"] == 128 and set(manifest["blend"]) == {"train", "valid"}
     finals = {}
-    for name in ("baseline", "gengram"):
-        run = out / "runs" / name
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        finals[name] = [r for r in records if r["kind"] == "valid"][-1]
-        assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000012"
-        assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
-    assert "model.gengram.layers=[]" in result.stdout  # the printed baseline command
-    table = result.stdout[result.stdout.index("validation after 12 steps"):]
-    for name, final in finals.items():
-        assert f"{name:<10} {final['loss']:>8.4f}" in table
-    assert "Gengram - baseline" in table and "W&B offline logs" in table
+    for arm in ("baseline", "gengram"):
+        finals[arm] = []
+        for seed in (1, 2):
+            run = out / "runs" / "quickstart" / f"{arm}-seed{seed}"
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            finals[arm].append([r for r in records if r["kind"] == "valid"][-1])
+            assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+            assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
+            assert f"run.seed={seed}" in result.stdout  # the printed training commands
+    assert "model.gengram.layers=[]" in result.stdout
+    table = result.stdout[result.stdout.index("validation after 6 steps"):]
+    for arm, runs in finals.items():
+        losses = [r["loss"] for r in runs]
+        spread = (f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f} "
+                  f"[{min(losses):.4f}, {max(losses):.4f}]")
+        assert f"{arm:<10} {2:>5}  {spread}" in table
+    deltas = [g["loss"] - b["loss"] for b, g in zip(finals["baseline"], finals["gengram"])]
+    assert f"per seed: {deltas[0]:+.4f}, {deltas[1]:+.4f}" in table
+    plot = out / "quickstart-curves.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"learning curves: {plot}" in table
+    assert "W&B offline logs" in table and "nucleotron analyze gengram" in table
+
+
+def _revcomp(seq: str) -> str:
+    return seq.translate(str.maketrans("ACGTacgt", "TGCAtgca"))[::-1]
+
+
+def test_synthetic_genome_matches_its_annotation_and_design():
+    """The quickstart's genome: each annotated element reads as its consensus on its strand, repeats are
+    soft-masked, and the composition is the design's (human-like GC, depleted CpG, ~35-40% interspersed repeats)."""
+    from nucleotron.data_prep.genome_sim import GenomeDesign, simulate_species
+
+    first, second, annotation = simulate_species(3, {"chrA": 150_000, "chrB": 150_000})
+    seen = set()
+    for chrom, seq in first.items():
+        text = seq.decode()
+        for f in annotation[chrom]:
+            piece = text[f.start:f.end]
+            piece = piece if f.strand == "+" else _revcomp(piece)
+            seen.add(f.kind)
+            if f.kind == "TATA_box":
+                assert piece[:4] == "TATA" and piece[4] in "AT" and piece[5] == "A" and piece[6] in "AT"
+            elif f.kind == "polyA_signal":
+                assert piece == "AATAAA"
+            elif f.kind == "splice_donor":
+                assert piece[3:5] == "GT", piece
+            elif f.kind == "splice_acceptor":
+                assert piece.endswith("AG"), piece
+            elif f.kind in ("repeat", "microsatellite", "low_complexity"):
+                assert piece.replace("N", "n").islower()
+            elif f.kind == "gap":
+                assert set(piece) == {"N"}
+    assert {"gene", "exon", "splice_donor", "splice_acceptor", "repeat", "microsatellite", "gap"} <= seen
+    genome = b"".join(first.values())
+    upper = genome.upper()
+    acgt = sum(upper.count(b) for b in b"ACGT")
+    gc = (upper.count(b"G") + upper.count(b"C")) / acgt
+    cpg_oe = upper.count(b"CG") / acgt / (gc / 2) ** 2
+    masked = sum(genome.count(b) for b in b"acgt") / len(genome)
+    assert 0.37 < gc < 0.45 and cpg_oe < 0.6 and 0.25 < masked < 0.5, (gc, cpg_oe, masked)
+    assert {k: len(v) for k, v in second.items()}.keys() == first.keys()
+    design = GenomeDesign()
+    for chrom in first:  # the second species: ~1.2% substitutions plus small indels, so lengths drift slightly
+        assert abs(len(second[chrom]) - len(first[chrom])) < 10 * design.indels * len(first[chrom]) + 20
+
+
+def test_mutate_rate_and_transition_share():
+    import numpy as np
+
+    from nucleotron.data_prep.genome_sim import mutate
+
+    rng = np.random.default_rng(0)
+    seq = bytes(np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, 200_000)])
+    changed = mutate(rng, seq, 0.012, indels=0.0)
+    diff = [(a, b) for a, b in zip(seq, changed) if a != b]
+    transitions = sum(1 for a, b in diff if {a, b} in ({ord("A"), ord("G")}, {ord("C"), ord("T")}))
+    assert 0.010 < len(diff) / len(seq) < 0.014
+    assert 0.63 < transitions / len(diff) < 0.70  # transitions : transversions = 2 : 1, as in human variation
+    assert mutate(rng, seq.lower(), 0.05, indels=0.0).islower()
