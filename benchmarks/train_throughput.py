@@ -16,8 +16,8 @@ Gengram / baseline step time <= 1.03.
     python benchmarks/train_throughput.py --no-save --out   # one GPU: both models; writes the report
     python benchmarks/train_throughput.py --smoke           # CPU: a tiny MoE model, fp32; checks the script only
 
---no-save stops each trainer once its last step is logged (no final validation or checkpoint, which is ~19 GB for
-MoE-1.2B). It writes benchmarks/results/train_throughput-<gpu>.md with --out. GPU numbers are unmeasured unless a
+--no-save stops each trainer once step --steps is logged, before any validation or checkpoint (the final
+checkpoint is ~19 GB for MoE-1.2B). It writes benchmarks/results/train_throughput-<gpu>.md with --out. GPU numbers are unmeasured unless a
 results file in benchmarks/results/ says otherwise.
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ MODELS = {  # name -> (config, extra overrides, MFU target)
 }
 SMOKE_MODELS = {"tiny-MoE": ("configs/experiments/tiny-cpu.yaml",
                              ["model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.ffn_hidden_size=32"], None)}
+NO_SAVE_EXTRA_STEPS = 1000
 PEER_RATIO_TARGET = 1.3
 GENGRAM_RATIO_TARGET = 1.03
 
@@ -78,6 +79,8 @@ def parse_args(argv=None):
         args.micro_batch, args.global_batch = 2, 4
     if args.warmup >= args.steps:
         parser.error("--warmup must be below --steps, or nothing is left to measure")
+    if args.no_save and args.steps % args.log_every:
+        parser.error("--no-save stops a run when step --steps is logged: make --steps a multiple of --log-every")
     return args
 
 
@@ -154,9 +157,16 @@ def machine_info(attention_backend: str, smoke: bool) -> dict:
 # ---------------------------------------------------------------- Nucleotron runs
 
 
+def trainer_steps(args) -> int:
+    return args.steps + (NO_SAVE_EXTRA_STEPS if args.no_save else 0)
+
+
 def train_overrides(args, pack: Path, run_dir: Path, gpu: bool) -> list:
-    far = args.steps + 1  # no periodic validation or checkpoint inside the timed steps
-    return [f"data.packs={pack}", f"run.dir={run_dir}", f"train.max_steps={args.steps}",
+    # --no-save: the run is set longer than --steps and killed after step --steps, so it never reaches the final
+    # validation and checkpoint (the schedule's warmup stretches with it; throughput does not depend on the LR)
+    max_steps = trainer_steps(args)
+    far = max_steps + 1  # no periodic validation or checkpoint inside the run
+    return [f"data.packs={pack}", f"run.dir={run_dir}", f"train.max_steps={max_steps}",
             f"train.log_every={args.log_every}", f"train.eval_every={far}", "train.eval_steps=1",
             f"checkpoint.every={far}", "checkpoint.keep=1", f"train.micro_batch_size={args.micro_batch}",
             f"train.global_batch_size={args.global_batch}", f"model.attention_backend={args.attention_backend}",
@@ -173,8 +183,7 @@ def read_records(path: Path) -> list:
 def run_train(config: str, overrides: list, run_dir: Path, args) -> list:
     """One `nucleotron train` process; its output goes to RUN_DIR/train.log. Returns the metrics records.
 
-    With --no-save the process is killed once the last step's record is written (SIGKILL: the trainer saves on
-    SIGTERM), skipping the final validation and checkpoint."""
+    With --no-save the process is killed once step --steps is logged (SIGKILL: the trainer saves on SIGTERM)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "nucleotron.launch.cli", "train", "--config", config, *overrides]
     env = dict(os.environ, MASTER_PORT=str(free_port()))
@@ -248,7 +257,7 @@ def peer_samples(pack: Path, cfg, args, cache: Path):
 
     if not dist.is_initialized():  # megatron's dataset builder coordinates its index cache over a process group
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    total = args.steps * args.global_batch
+    total = trainer_steps(args) * args.global_batch  # the blend's order depends on its size: build the trainer's
     dataset = build_train_dataset(load_manifest(str(pack)), total, cfg.run.seed, str(cache))
     return dataset, GlobalBatchSampler(total, 0, args.micro_batch, args.global_batch, 0, 1)
 
