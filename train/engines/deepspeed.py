@@ -14,6 +14,7 @@ CPU accelerator over gloo.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import socket
@@ -91,9 +92,7 @@ class DeepSpeedEngine:
         if not gpu:
             # The CPU accelerator's shared-memory all-reduce is a C++ extension compiled on first use (about 30 s on
             # two cores, and a compiler on every node); gloo's all-reduce is enough for CPU runs.
-            import deepspeed.comm.torch as ds_torch_comm
-
-            ds_torch_comm.build_shm_op = lambda: None
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False,
                                    timeout=timedelta(minutes=10))
 
@@ -107,16 +106,18 @@ class DeepSpeedEngine:
     def layout(self) -> str:
         return f"DeepSpeed ZeRO-{self.cfg.parallel.zero_stage}, DP {self.data_parallel[1]}"
 
-    def deepspeed_config(self) -> dict:
+    def deepspeed_config(self, num_parameters: int) -> dict:
         t, o = self.cfg.train, self.cfg.optim
         dp = self.data_parallel[1]
+        bucket = int(min(5e8, max(1e6, num_parameters)))  # ZeRO's buffers: no bigger than the model needs
         return {
             "train_batch_size": t.global_batch_size,
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
             "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
             "managed_gradient_accumulation": False,
             "gradient_clipping": o.clip_grad,
-            "zero_optimization": {"stage": self.cfg.parallel.zero_stage},
+            "zero_optimization": {"stage": self.cfg.parallel.zero_stage, "reduce_bucket_size": bucket,
+                                  "allgather_bucket_size": bucket},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2 ** 31 - 1,
             "wall_clock_breakdown": False,
@@ -131,7 +132,7 @@ class DeepSpeedEngine:
         model = HNetLM(cfg.model.hnet, cfg.model.vocab_size, cfg.model.norm_eps).to(_device())
         groups = parameter_groups(model, o.weight_decay, cfg.model.hnet.lr_multipliers)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.deepspeed_config())
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.deepspeed_config(sum(p.numel() for p in model.parameters())))
         self.module: HNetLM = self.engine.module
         self.eod = manifest.eod
         self.num_microbatches = self.engine.gradient_accumulation_steps()
