@@ -6,36 +6,36 @@ h [s, b, H] (Megatron layout) and input_ids [b, s] in; the new residual h + y ou
     u = alpha * W_V m;  y = u + SiLU(causal dilated depthwise conv(u)).
 The output at t depends on tokens t-(W-1)-(k-1)*dilation .. t only (t-38..t with the defaults).
 
+m is never built: key and value come straight from the tables projected through W_K and W_V
+(`nucleotron.kernels.kmer_key_value`, the same function), and the gate and the conv + residual are two
+elementwise-fusable functions (`nucleotron.kernels.gate`, compiled on a GPU). `features` still returns m for
+inspection.
+
 Sequence parallelism (spec section 5): h arrives as this tensor-parallel rank's slice of the sequence while every
 rank has the full input_ids. Each rank computes the features of its own positions from the ids (reading the W-1
 tokens before its slice, no communication), and takes the conv's (kernel-1)*dilation = 18 positions of u before its
 slice from the previous rank. Every parameter is marked `sequence_parallel`, so megatron's finalize_model_grads sums
 the per-slice gradients over the tensor-parallel group.
 
-Optimizer hooks: every k-mer table is an nn.Parameter carrying
-    param.gengram_table = True
-    param.lr_mult = cfg.table_lr_mult
-    param.no_weight_decay = not cfg.table_weight_decay
-so the optimizer can put the tables in their own parameter group.
+Optimizer hook: every k-mer table is an nn.Parameter carrying `param.gengram_table = True`, the key on which
+train/optimizer.py gives the tables their own learning rate and weight decay (cfg.table_lr_mult,
+cfg.table_weight_decay).
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
 from nucleotron.configs import GengramConfig
-from nucleotron.kernels import document_starts, kmer_window_mean
+from nucleotron.kernels import document_starts, kmer_key_value, kmer_window_mean
+from nucleotron.kernels.gate import GATE_FLOOR, RMSNORM_EPS, conv_residual, fused, gated_value  # noqa: F401
 
 SYMBOLS = ("A", "C", "G", "T", "N")  # codes 0..4, the table layout of the released checkpoints
-RMSNORM_EPS = 1e-5
-GATE_FLOOR = 1e-6  # signed sqrt: sign(g) * sqrt(max(|g|, GATE_FLOOR))
 
 
 def symbol_codes_from_vocab(vocab: Dict[str, int], vocab_size: int) -> torch.LongTensor:
@@ -58,22 +58,15 @@ def symbol_codes_from_vocab(vocab: Dict[str, int], vocab_size: int) -> torch.Lon
 
 
 class CausalDepthwiseConv(nn.Module):
-    """Depthwise Conv1d over the sequence, left-padded so position t sees t, t-dilation, ..., no bias."""
+    """The short conv's parameters: a depthwise Conv1d over the sequence (no bias) whose taps reach t, t-dilation, ...
+    `nucleotron.kernels.gate.conv_residual` applies it causally (left padding `left_pad`); the Conv1d module is kept
+    for its weight's checkpoint key and init."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int):
         super().__init__()
         self.left_pad = (kernel_size - 1) * dilation
+        self.dilation = dilation
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, groups=channels, bias=False)
-
-    def forward(self, x: torch.Tensor, before: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [s, b, C] -> [s, b, C]. before: the left_pad positions preceding x ([left_pad, b, C]) when x is not
-        the start of the sequence (sequence parallelism); zeros otherwise."""
-        x = x.permute(1, 2, 0)
-        if before is None:
-            x = F.pad(x, (self.left_pad, 0))
-        else:
-            x = torch.cat([before.permute(1, 2, 0), x], dim=-1)
-        return self.conv(x).permute(2, 0, 1)
 
 
 def previous_slice_tail(x: torch.Tensor, length: int, group: dist.ProcessGroup) -> torch.Tensor:
@@ -124,8 +117,6 @@ class Gengram(nn.Module):
         for table in self.tables:
             nn.init.normal_(table, std=1.0 if cfg.init == "reference" else init_std)
             table.gengram_table = True
-            table.lr_mult = cfg.table_lr_mult
-            table.no_weight_decay = not cfg.table_weight_decay
         if cfg.init == "engram":  # the short conv starts at zero: y = u at step 0
             nn.init.zeros_(self.short_conv.conv.weight)
         if sequence_parallel_group is not None:
@@ -133,11 +124,19 @@ class Gengram(nn.Module):
                 param.sequence_parallel = True
         self.last_gate_mean: Optional[torch.Tensor] = None
 
+    def doc_start(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        return document_starts(input_ids, self.eod_id) if self.eod_id is not None else None
+
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """m [b, s, len(orders) * d]: the windowed k-mer means (reset at EOD if configured)."""
-        doc_start = document_starts(input_ids, self.eod_id) if self.eod_id is not None else None
+        """m [b, s, len(orders) * d]: the windowed k-mer means (reset at EOD if configured). Not on the forward path."""
         return kmer_window_mean(input_ids, list(self.tables), self.symbol_codes, self.window,
-                                orders=self.orders, doc_start=doc_start)
+                                orders=self.orders, doc_start=self.doc_start(input_ids))
+
+    def key_value(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[s, b, 2H]: W_K m and W_V m side by side, from the projected tables."""
+        return kmer_key_value(input_ids, list(self.tables), [self.key_proj.weight, self.value_proj.weight],
+                              self.symbol_codes, self.window, orders=self.orders,
+                              doc_start=self.doc_start(input_ids))
 
     def slice_start(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> int:
         """The first position of h: 0, or this rank's offset when h is a sequence-parallel slice."""
@@ -151,15 +150,12 @@ class Gengram(nn.Module):
     def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         start, length = self.slice_start(hidden, input_ids), hidden.shape[0]
         first = max(start - self.context, 0)  # the features of h's positions read ids from `first` on
-        memory = self.features(input_ids[:, first:start + length])[:, start - first:]
-        memory = memory.transpose(0, 1).to(hidden.dtype)  # [s, b, F]
-        key, value = self.key_proj(memory), self.value_proj(memory)
-        gate = (self.norm_q(hidden) * self.norm_k(key)).sum(dim=-1, keepdim=True) / math.sqrt(hidden.shape[-1])
-        gate = torch.sign(gate) * torch.sqrt(gate.abs().clamp(min=GATE_FLOOR))
-        alpha = torch.sigmoid(gate)
+        key_value = self.key_value(input_ids[:, first:start + length])[start - first:].to(hidden.dtype)
+        key, value = key_value.split(hidden.shape[-1], dim=-1)
+        u, alpha = fused(gated_value, hidden.is_cuda)(hidden, key, value, self.norm_q, self.norm_k)
         self.last_gate_mean = alpha.detach().float().mean()
-        u = alpha * value
         before = None
         if self.sequence_parallel_group is not None:
             before = previous_slice_tail(u, self.short_conv.left_pad, self.sequence_parallel_group)
-        return hidden + u + F.silu(self.short_conv(u, before))
+        return fused(conv_residual, hidden.is_cuda)(hidden, u, self.short_conv.conv.weight, self.short_conv.dilation,
+                                                    before)

@@ -159,10 +159,10 @@ def test_engram_init():
         build(small_config(init="xavier"))
 
 
-@pytest.mark.parametrize("lr_mult,decay", [(1.0, True), (5.0, False)])
-def test_table_parameters_are_marked_for_the_optimizer(lr_mult, decay):
-    module = build(small_config(table_lr_mult=lr_mult, table_weight_decay=decay))
+def test_table_parameters_are_marked_for_the_optimizer():
+    """Only `gengram_table` marks the tables (train/optimizer.py keys its overrides on it); no dead hooks."""
+    module = build(small_config(table_lr_mult=5.0, table_weight_decay=False))
     marked = [p for p in module.parameters() if getattr(p, "gengram_table", False)]
     assert len(marked) == 6 and all(a is b for a, b in zip(marked, module.tables))
-    assert all(p.lr_mult == lr_mult and p.no_weight_decay == (not decay) for p in marked)
+    assert not any(hasattr(p, "lr_mult") or hasattr(p, "no_weight_decay") for p in module.parameters())
     assert not any(hasattr(p, "gengram_table") for p in module.key_proj.parameters())
