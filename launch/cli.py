@@ -23,6 +23,7 @@ COMMANDS = {
     "score": ("nucleotron.infer.score", "log-likelihood / bits per base of sequences; zero-shot VCF variant effects"),
     "embed": ("nucleotron.infer.embed", "per-sequence or per-position embeddings of a layer to Parquet / NumPy"),
     "eval": ("nucleotron.infer.probe", "eval probe: frozen features + cross-validated logistic regression -> JSON"),
+    "analyze": ("nucleotron.infer.analyze", "interpretability: Gengram gate and write tracks, k-mer table rows"),
 }
 
 

@@ -1,0 +1,139 @@
+"""`nucleotron analyze gengram` on a small model trained with the quickstart's config on a genome with a planted
+motif: the gate opens more at the motif than in the background, and the plots and tables are written."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nucleotron.data_prep.genome_sim import plant, simulate_species
+from nucleotron.data_prep.synthetic import write_fasta
+from nucleotron.infer.analyze import AnalyzeError, feature_contrast, kmer_of, parse_region, read_gff
+from nucleotron.kernels.reference import kmer_ids
+
+from train_runs import REPO, training_env
+
+MOTIF = b"TTGACGGCTATA"  # planted on both strands (alternating), about every 40 bases
+CLI = [sys.executable, "-m", "nucleotron.launch.cli"]
+
+
+def _run(*args):
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600, env=training_env())
+    assert result.returncode == 0, f"{args[:2]}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    rng = np.random.default_rng(5)
+    first, second, _ = simulate_species(7, {"chr1": 60_000, "chr2": 8_000})
+    genomes, motifs = [], []
+    for genome in (first, second):
+        planted = {}
+        for name, seq in genome.items():
+            planted[name], starts = plant(seq, MOTIF, 40, rng)
+            if genome is first and name == "chr2":
+                motifs = starts
+        genomes.append(planted)
+    write_fasta(str(root / "human.fa"), genomes[0].items())
+    write_fasta(str(root / "chimp.fa"), genomes[1].items())
+    (root / "sources.tsv").write_text("path\tgroup\tassembly\nhuman.fa\thuman\ths\nchimp.fa\tnonhuman\tpt\n")
+    region_end = 3000
+    gff = root / "motifs.gff3"
+    gff.write_text("##gff-version 3\n" + "".join(
+        f"chr2\tplanted\tmotif\t{s + 1}\t{s + len(MOTIF)}\t.\t{'+' if i % 2 == 0 else '-'}\t.\tID=m{i}\n"
+        for i, s in enumerate(motifs) if s + len(MOTIF) <= region_end))
+    _run("data", "prep", "--sources", str(root / "sources.tsv"), "--seq-len", "128", "--out", str(root / "pack"),
+         "--valid-chroms", "chr2", "--no-progress")
+    run_dir = root / "run"
+    _run("train", "--config", str(REPO / "configs" / "experiments" / "quickstart.yaml"), f"data.packs={root / 'pack'}",
+         f"run.dir={run_dir}", "train.max_steps=100", "train.global_batch_size=8", "train.micro_batch_size=8",
+         "train.eval_every=100", "train.eval_steps=1", "checkpoint.every=100", "train.log_every=20")
+    out = root / "analysis"
+    result = _run("analyze", "gengram", str(run_dir), "--fasta", str(root / "human.fa"),
+                  "--region", f"chr2:1-{region_end}", "--annotation", str(gff), "--out", str(out))
+    return {"out": out, "gff": gff, "stdout": result.stdout, "region_end": region_end}
+
+
+def test_gate_opens_more_at_the_planted_motif_than_in_background(analysed):
+    """Compared position by position with background positions holding the same base (the gate of a barely trained
+    model depends mostly on the current base, and the motif's composition is not the background's)."""
+    summary = json.loads((analysed["out"] / "summary.json").read_text())
+    motif = summary["layers"]["layer3"]["alpha_by_feature"]["motif"]
+    assert motif["positions_inside"] > 500 and motif["positions_outside"] > 1500
+    assert motif["contrast_same_base"] > 0.01, motif
+    assert (f"gate at motif {motif['inside']:.4f} vs background {motif['outside']:.4f} ({motif['contrast']:+.4f}, "
+            f"same base {motif['contrast_same_base']:+.4f})") in analysed["stdout"]
+
+
+def test_tracks_tsv_holds_every_position_and_agrees_with_the_summary(analysed):
+    with open(analysed["out"] / "tracks.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [int(r["pos"]) for r in rows] == list(range(1, analysed["region_end"] + 1))
+    alpha = np.array([float(r["alpha_L3"]) for r in rows])
+    assert ((alpha > 0) & (alpha < 1)).all() and all(float(r["ynorm_L3"]) >= 0 for r in rows)
+    inside = np.zeros(len(rows), bool)
+    for line in analysed["gff"].read_text().splitlines()[1:]:
+        start, end = (int(x) for x in line.split("\t")[3:5])
+        inside[start - 1:end] = True
+        assert "".join(r["base"] for r in rows[start - 1:end]).upper() in (MOTIF.decode(), _rc(MOTIF))
+    motif = json.loads((analysed["out"] / "summary.json").read_text())["layers"]["layer3"]["alpha_by_feature"]["motif"]
+    assert motif["inside"] == pytest.approx(alpha[inside].mean(), abs=1e-5)
+    assert motif["outside"] == pytest.approx(alpha[~inside].mean(), abs=1e-5)
+
+
+def test_plots_and_table_reports_are_written(analysed):
+    out = analysed["out"]
+    assert (out / "tracks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "kmers.tsv") as handle:
+        kmers = list(csv.DictReader(handle, delimiter="\t"))
+    assert {int(r["order"]) for r in kmers} == {1, 2, 3, 4, 5, 6}
+    for order in range(1, 7):
+        rows = [r for r in kmers if int(r["order"]) == order]
+        assert len(rows) == min(10, 4 ** order) and all(len(r["kmer"]) == order and "N" not in r["kmer"] for r in rows)
+        norms = [float(r["row_norm"]) for r in rows]
+        assert norms == sorted(norms, reverse=True)
+    with open(out / "rc_symmetry.tsv") as handle:
+        rc = list(csv.DictReader(handle, delimiter="\t"))
+    assert [int(r["order"]) for r in rc] == [1, 2, 3, 4, 5, 6] and [int(r["kmers"]) for r in rc] == [4 ** n for n in
+                                                                                                  range(1, 7)]
+    assert all(-1 <= float(r["rc_norm_corr"]) <= 1 for r in rc)
+
+
+def _rc(seq: bytes) -> str:
+    return seq.decode().translate(str.maketrans("ACGT", "TGCA"))[::-1]
+
+
+def test_kmer_of_names_the_row_the_kernel_reads():
+    """The k-mer ending at t is read from the row the reference kernel computes for position t."""
+    symbols = "ACGTN"
+    codes = torch.tensor([[0, 3, 2, 2, 1, 4, 0, 1, 3]])
+    for order in (1, 3, 5):
+        ids, valid = kmer_ids(codes, order)
+        for t in range(order - 1, codes.shape[1]):
+            if valid[0, t]:
+                assert kmer_of(int(ids[0, t]), order) == "".join(symbols[c] for c in codes[0, t - order + 1:t + 1])
+
+
+def test_feature_contrast_against_a_hand_count(tmp_path):
+    gff = tmp_path / "a.gff"
+    gff.write_text("c\tx\tsite\t3\t4\t.\t+\t.\tID=a\nc\tx\tsite\t9\t9\t.\t-\t.\tID=b\n"
+                   "other\tx\tsite\t1\t9\t.\t+\t.\t.\n")
+    features = read_gff(gff, "c", 1, 10)
+    values = np.arange(10, dtype=float)  # positions 1..10
+    bases = b"ACgtACGTAT"  # inside: positions 3 (G), 4 (T), 9 (A)
+    result = feature_contrast(values, 1, features, bases)["site"]
+    assert result["inside"] == pytest.approx((2 + 3 + 8) / 3)
+    assert result["outside"] == pytest.approx((0 + 1 + 4 + 5 + 6 + 7 + 9) / 7)
+    # same base: G 2 vs 6, T 3 vs mean(7, 9), A 8 vs mean(0, 4); one inside position each
+    assert result["contrast_same_base"] == pytest.approx(((2 - 6) + (3 - 8) + (8 - 2)) / 3)
+
+
+@pytest.mark.parametrize("text", ["chr1", "chr1:10", "chr1:0-5", "chr1:9-3", ":1-2"])
+def test_bad_region_is_named(text):
+    with pytest.raises(AnalyzeError, match=r"--region .*expected CHROM:START-END"):
+        parse_region(text)
