@@ -1,4 +1,4 @@
-"""Megatron-core parameter names and layouts <-> the Hugging Face model in modeling_nucleotron.py.
+"""Megatron-core parameter names and layouts -> the Hugging Face model in modeling_nucleotron.py.
 
 Two tensors change layout; everything else is renamed:
 - linear_qkv [groups * (heads/groups + 2) * head_dim, H]: per query group, its query heads, then one key and one
@@ -61,7 +61,6 @@ def hf_config(cfg: NucleotronConfig, vocab: Dict[str, int], seq_len: int) -> dic
         "symbol_ids": [vocab.get(s, -1) for s in ("A", "C", "G", "T", "N")],
         "eos_token_id": vocab.get("EOD"), "pad_token_id": vocab.get("PAD"), "bos_token_id": None,
         "max_position_embeddings": seq_len, "initializer_range": m.init_std, "tie_word_embeddings": False,
-        "torch_dtype": "float32",
     }
 
 
@@ -71,13 +70,6 @@ def split_qkv(weight: torch.Tensor, heads: int, groups: int, head_dim: int):
     k = per_group[:, -2].reshape(groups * head_dim, -1)
     v = per_group[:, -1].reshape(groups * head_dim, -1)
     return q, k, v
-
-
-def join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, groups: int, head_dim: int):
-    hidden = q.shape[-1]
-    per_group = torch.cat([q.view(groups, heads // groups, head_dim, hidden), k.view(groups, 1, head_dim, hidden),
-                           v.view(groups, 1, head_dim, hidden)], dim=1)
-    return per_group.reshape(-1, hidden)
 
 
 def to_hf(state: Dict[str, torch.Tensor], cfg: NucleotronConfig) -> Dict[str, torch.Tensor]:

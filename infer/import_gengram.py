@@ -146,7 +146,9 @@ def import_gengram(path: str, config_path: str, out: str, overrides=()) -> str:
     cfg.parallel.sequence_parallel = False
     cfg.train.precision = "fp32"
     files = stage_files(path)
-    converted = convert([read_stage(f) for f in files], cfg)
+    from tqdm import tqdm
+
+    converted = convert([read_stage(f) for f in tqdm(files, desc="reading stages", unit="file")], cfg)
     with single_process_megatron(cfg):
         model = build_model(cfg, VOCAB)
         expected = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
