@@ -30,7 +30,7 @@ from .checkpoint import CheckpointError
 LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
 
-class PublicCheckpointError(CheckpointError):
+class ReleaseError(CheckpointError):
     """A public checkpoint this importer cannot convert; the message says why and what to do."""
 
 
@@ -43,14 +43,14 @@ def stage_files(path: str) -> List[str]:
         found = sorted(glob.glob(os.path.join(path, "iter_*", "mp_rank_*", "model_optim_rng.pt")))
         iterations = {os.path.basename(os.path.dirname(os.path.dirname(f))) for f in found}
         if len(iterations) > 1:
-            raise PublicCheckpointError(f"{path} holds several iterations ({', '.join(sorted(iterations))}); pass one "
+            raise ReleaseError(f"{path} holds several iterations ({', '.join(sorted(iterations))}); pass one "
                                f"iter_* directory")
     if not found:
-        raise PublicCheckpointError(f"{path}: no mp_rank_*/model_optim_rng.pt (Megatron `torch` format) found; for the "
+        raise ReleaseError(f"{path}: no mp_rank_*/model_optim_rng.pt (Megatron `torch` format) found; for the "
                            f"`torch_dist` format convert with Megatron's checkpoint converter to `torch` first")
     ranks = [os.path.basename(os.path.dirname(f)) for f in found]
     if any(not re.fullmatch(r"mp_rank_00(_\d{3})?", r) for r in ranks):
-        raise PublicCheckpointError(f"{path}: tensor-parallel shards ({', '.join(ranks)}) are not supported; the released "
+        raise ReleaseError(f"{path}: tensor-parallel shards ({', '.join(ranks)}) are not supported; the released "
                            f"checkpoint is TP=1 (mp_rank_00_<pipeline stage>)")
     return found
 
@@ -60,7 +60,7 @@ def read_stage(path: str) -> Dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError (or RuntimeError wrapping it) for any other object
-        raise PublicCheckpointError(
+        raise ReleaseError(
             f"{path} holds pickled Python objects besides tensors (Megatron stores its training arguments and RNG "
             f"states in the same file), and nucleotron only reads files with torch.load(weights_only=True). In an "
             f"environment you trust, save just the weights: python -c \"import torch; "
@@ -69,7 +69,7 @@ def read_stage(path: str) -> Dict[str, torch.Tensor]:
             f"{str(err).splitlines()[0][:300]})") from None
     state = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state, dict):
-        raise PublicCheckpointError(f"{path}: expected a dict with a 'model' state dict, got {type(content).__name__}")
+        raise ReleaseError(f"{path}: expected a dict with a 'model' state dict, got {type(content).__name__}")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
 
 
@@ -110,7 +110,7 @@ def convert(stages: List[Dict[str, torch.Tensor]], cfg) -> Dict[str, torch.Tenso
     model = cfg.model
     per_stage = model.num_layers // len(stages)
     if per_stage * len(stages) != model.num_layers:
-        raise PublicCheckpointError(f"{len(stages)} pipeline stages do not split model.num_layers={model.num_layers} evenly")
+        raise ReleaseError(f"{len(stages)} pipeline stages do not split model.num_layers={model.num_layers} evenly")
     keep_gengram = set(model.gengram.layers)
     out: Dict[str, torch.Tensor] = {}
     for stage, state in enumerate(stages):
@@ -120,7 +120,7 @@ def convert(stages: List[Dict[str, torch.Tensor]], cfg) -> Dict[str, torch.Tenso
                 continue
             match = LAYER.fullmatch(name)
             if not match:
-                raise PublicCheckpointError(f"stage {stage}: unexpected parameter {name!r} (not a layer, embedding, final "
+                raise ReleaseError(f"stage {stage}: unexpected parameter {name!r} (not a layer, embedding, final "
                                    f"norm or output layer); this importer knows the released Gengram layout only")
             local, rest = int(match.group(1)), match.group(2)
             number = stage * per_stage + local + 1                       # global 1-based layer number
@@ -129,7 +129,7 @@ def convert(stages: List[Dict[str, torch.Tensor]], cfg) -> Dict[str, torch.Tenso
                 continue                                                  # inactive layers' unused parameters
             mapped = layer_name(rest)
             if not mapped:
-                raise PublicCheckpointError(f"stage {stage}: parameter {name!r} (global layer {number}) has no Nucleotron "
+                raise ReleaseError(f"stage {stage}: parameter {name!r} (global layer {number}) has no Nucleotron "
                                    f"counterpart; this importer knows the released Gengram layout only")
             out[prefix + mapped[rest]] = tensor
     return out
@@ -154,13 +154,13 @@ def import_gengram(path: str, config_path: str, out: str, overrides=()) -> str:
         expected = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
         missing = sorted(set(expected) - set(converted))
         if missing:
-            raise PublicCheckpointError(f"{path}: the checkpoint lacks {len(missing)} parameter(s) the config "
+            raise ReleaseError(f"{path}: the checkpoint lacks {len(missing)} parameter(s) the config "
                                f"{config_path} needs, e.g. {missing[:3]}; is it the right --config?")
         for name, tensor in converted.items():
             if name not in expected:
-                raise PublicCheckpointError(f"{path}: parameter {name} does not exist in the model of {config_path}")
+                raise ReleaseError(f"{path}: parameter {name} does not exist in the model of {config_path}")
             if tuple(tensor.shape) != tuple(expected[name].shape):
-                raise PublicCheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model of {config_path} "
+                raise ReleaseError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model of {config_path} "
                                    f"expects {tuple(expected[name].shape)}; is it the right --config?")
         model.load_state_dict(converted, strict=False)
         return save_weights(model, cfg, dict(VOCAB), out)

@@ -5,8 +5,8 @@
 
 Features are the mean-pooled final-layer embeddings (nucleotron embed). The probe is fitted on the standardised
 train features by Newton's method (binary; one-vs-rest for more classes); the penalty with the lowest mean held-out
-log-loss over stratified folds is refitted on the whole train split. Reported on the test split: accuracy, MCC (multi-class: Gorodkin's R_K) and, for two
-classes, ROC AUC; with the dataset's and the checkpoint's identity.
+log-loss over stratified folds is refitted on the whole train split. Reported on the test split: accuracy, MCC
+(multi-class: Gorodkin's R_K) and, for two classes, ROC AUC; with the dataset's and the checkpoint's identity.
 """
 from __future__ import annotations
 
