@@ -27,6 +27,7 @@ import torch
 from nucleotron.model.gengram import GATE_FLOOR, Gengram
 
 MAX_REGION = 200_000  # bases analysed in one call: the TSV has one line per base
+SHADED_FEATURE_MAX = 200  # features shorter than this (sites, motifs, tracts) are shaded behind the tracks
 
 
 class AnalyzeError(ValueError):
@@ -279,6 +280,8 @@ def plot_tracks(path: Path, chrom: str, first: int, bases: bytes, layers: Dict[i
     except ImportError:
         raise AnalyzeError("the track plot needs matplotlib: pip install matplotlib") from None
     x = np.arange(first, first + len(bases))
+    last = first + len(bases) - 1
+    short = [f for f in features if f.end - f.start < SHADED_FEATURE_MAX]  # sites, motifs, tracts
     panels = 2 * len(layers) + (1 if features else 0)
     fig, axes = plt.subplots(panels, 1, figsize=(12, 1.1 + 1.4 * panels), sharex=True, squeeze=False)
     axes = axes[:, 0]
@@ -289,7 +292,8 @@ def plot_tracks(path: Path, chrom: str, first: int, bases: bytes, layers: Dict[i
         colors = plt.get_cmap("tab10")
         for f in features:
             level = kinds.index(f.kind)
-            ax.broken_barh([(f.start, f.end - f.start + 1)], (level - 0.4, 0.8), color=colors(level % 10))
+            start, end = max(f.start, first), min(f.end, last)  # drawn within the region only
+            ax.broken_barh([(start, end - start + 1)], (level - 0.4, 0.8), color=colors(level % 10))
         ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
         ax.set_ylim(-0.6, len(kinds) - 0.4)
         ax.set_title(f"{chrom}:{first}-{first + len(bases) - 1}", fontsize=9)
@@ -300,9 +304,10 @@ def plot_tracks(path: Path, chrom: str, first: int, bases: bytes, layers: Dict[i
         axes[row + 1].plot(x, norm, lw=0.6, color="tab:red")
         axes[row + 1].set_ylabel(f"L{layer} |y|", fontsize=8)
         for ax in axes[row:row + 2]:
-            for f in features:
-                ax.axvspan(f.start, f.end, color="0.85", lw=0, zorder=0)
+            for f in short:
+                ax.axvspan(max(f.start, first), min(f.end, last), color="0.85", lw=0, zorder=0)
         row += 2
+    axes[-1].set_xlim(first, last)
     axes[-1].set_xlabel(f"{chrom} position (1-based)")
     fig.tight_layout()
     try:
