@@ -46,6 +46,12 @@ def run_steps(engine, steps, rank, world):
 
 
 def worker(checkpoint_dir: str):
+    import os
+
+    # A CPU/gloo test by design (the GPU path is NCCL on one device per rank): keep DeepSpeed and torch off any GPU.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])  # the engine then splits the cores
     import torch.distributed as dist
 
     from nucleotron.configs.loader import load_config
