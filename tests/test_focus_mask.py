@@ -116,7 +116,7 @@ def test_fidelity_measures_by_hand():
     ("focus.raw_visibility=r3", "focus.raw_visibility='r3' is not one of: window, kmer"),
     ("focus.summary_memory=0", "focus.summary_memory=0 must be >= 1 (or null to keep every summary)"),
     ("focus.adapter_params=[q,x]", "focus.adapter_params=['q', 'x'] must be a non-empty subset of q, k, v, o"),
-    ("focus.summary_token_id=128", "focus.summary_token_id=128 must lie in 0..127 (model.vocab_size)"),
+    ("focus.summary_token_id=-1", "focus.summary_token_id=-1 must be a vocabulary id >= 0"),
     ("focus.adapter_layers=[5]", "focus.adapter_layers=[5] must be distinct 1-based layers in 1..4 ([] = all)"),
     ("focus.k=0", "focus.k=0 must be a positive integer"),
 ])

@@ -232,3 +232,11 @@ def test_eval_reports_zero_distance_before_the_first_summary_and_counts_kv(megat
     assert focus["kv_entries_per_layer"] == 103 // 32 + (103 - 64)
     assert full["kv_entries_per_layer"] == full["max_kv_entries_per_layer"] == 103
     assert focus["max_kv_entries_per_layer"] == 64 + 2  # the first full window and its 2 summaries
+
+
+def test_a_summary_id_outside_the_vocabulary_is_refused_when_the_adapter_is_built(megatron_state):
+    from nucleotron.configs import ConfigError
+
+    with pytest.raises(ConfigError, match=r"focus.summary_token_id=128 must lie in 0..127 \(the model's vocabulary\)"):
+        build(["focus.summary_token_id=128"])
+

@@ -47,26 +47,28 @@ def _allowed(module: str, name: str):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
+    def __init__(self, file, source: str, refused: list):
         super().__init__(file)
-        self.source = source
+        self.source, self.refused = source, refused
 
     def find_class(self, module, name):
         obj = _allowed(module, name)
         if obj is None:
-            raise UnsafeCheckpointError(
+            self.refused.append(UnsafeCheckpointError(
                 f"{self.source} asks to load {module}.{name}, which is not checkpoint metadata; refusing to load it "
                 f"(a checkpoint from an untrusted source can run code through pickle). Use a checkpoint you wrote "
-                f"yourself")
+                f"yourself"))
+            raise self.refused[-1]
         return obj
 
 
-def restricted_pickle(source: str) -> types.ModuleType:
-    """A stand-in for the `pickle` module whose load/loads only build checkpoint metadata."""
+def restricted_pickle(source: str, refused: list) -> types.ModuleType:
+    """A stand-in for the `pickle` module whose load/loads only build checkpoint metadata (refusals are appended to
+    `refused`: torch.distributed.checkpoint wraps errors of its reader threads in its own exception)."""
     shim = types.ModuleType("pickle")
     shim.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-    shim.load = lambda file, **kwargs: _RestrictedUnpickler(file, source).load()
-    shim.loads = lambda data, **kwargs: _RestrictedUnpickler(io.BytesIO(data), source).load()
+    shim.load = lambda file, **kwargs: _RestrictedUnpickler(file, source, refused).load()
+    shim.loads = lambda data, **kwargs: _RestrictedUnpickler(io.BytesIO(data), source, refused).load()
     return shim
 
 
@@ -77,12 +79,17 @@ def restricted_checkpoint_loading(directory: str):
     from torch.distributed.checkpoint import filesystem
 
     real_pickle, real_torch = filesystem.pickle, common.torch
-    filesystem.pickle = restricted_pickle(f"{directory}/.metadata")
+    refused: list = []
+    filesystem.pickle = restricted_pickle(f"{directory}/.metadata", refused)
     weights_only_torch = types.ModuleType("torch")
     weights_only_torch.__dict__.update(real_torch.__dict__)
     weights_only_torch.load = lambda *args, **kwargs: real_torch.load(*args, **{**kwargs, "weights_only": True})
     common.torch = weights_only_torch
     try:
         yield
+    except BaseException:   # torch.distributed.checkpoint's CheckpointException is a BaseException
+        if refused:
+            raise refused[0] from None
+        raise
     finally:
         filesystem.pickle, common.torch = real_pickle, real_torch

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from torch import nn
 
+from nucleotron.configs import ConfigError
 from nucleotron.configs.schema import FocusConfig
 
 from .layout import Layout, insert_summaries
@@ -175,6 +176,9 @@ class FocusModel(nn.Module):
     def __init__(self, base, cfg: FocusConfig):
         super().__init__()
         _check_base(base)
+        if not 0 <= cfg.summary_token_id < base.vocab_size:
+            raise ConfigError(f"focus.summary_token_id={cfg.summary_token_id} must lie in 0..{base.vocab_size - 1} "
+                              f"(the model's vocabulary); pick an id the packs never use")
         self.base, self.cfg, self.state = base, cfg, _State()
         for param in base.parameters():
             param.requires_grad_(False)
