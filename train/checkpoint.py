@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from nucleotron.configs.files import fsync_directory, write_atomic
 
@@ -260,10 +261,10 @@ def save_checkpoint(ckpt_root: str, engine, state: TrainerState, keep: int) -> s
             fsync_directory(ckpt_root)
             write_atomic(os.path.join(ckpt_root, LATEST), name + "\n")
             prune(ckpt_root, keep, newest_good=name)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, CheckpointException) as err:   # DCP wraps writer errors in a BaseException
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = "no space left on the device" if _no_space(err) else str(err).splitlines()[0][:300]
+        reason = "no space left on the device" if _no_space(err) else (str(err).splitlines() or [repr(err)])[0][:300]
         raise CheckpointError(
             f"could not write checkpoint {name} to {ckpt_root}: {reason}. Nothing older was touched "
             f"({_latest_name(ckpt_root) or 'no earlier checkpoint'} stays `latest`); free space or point "
@@ -273,7 +274,7 @@ def save_checkpoint(ckpt_root: str, engine, state: TrainerState, keep: int) -> s
 
 
 def _no_space(err: BaseException) -> bool:
-    text = str(err)
+    text = f"{err} {getattr(err, 'failures', '')}"
     return getattr(err, "errno", None) == 28 or "No space left" in text or "inline_container" in text
 
 

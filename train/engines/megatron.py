@@ -151,10 +151,14 @@ class MegatronEngine:
         dist_checkpointing.save(self._sharded_state(is_loading=False), directory)
 
     def load(self, directory: str) -> None:
+        fresh = [{k: group[k] for k in ("max_lr", "min_lr") if k in group} for group in self.optimizer.param_groups]
         with restricted_checkpoint_loading(directory):
             loaded = dist_checkpointing.load(self._sharded_state(is_loading=True), directory)
         self.model.module.load_state_dict(loaded["model"])
         self.optimizer.load_state_dict(loaded["optimizer"])
+        if self.cfg.checkpoint.override_schedule:   # the groups' LR bounds come back from the checkpoint too
+            for group, bounds in zip(self.optimizer.param_groups, fresh):
+                group.update(bounds)
 
     def load_weights(self, directory: str) -> None:
         with restricted_checkpoint_loading(directory):
