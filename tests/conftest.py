@@ -3,7 +3,10 @@
 TRITON_INTERPRET is read when a @triton.jit kernel is decorated, so it must be set before any
 nucleotron.kernels module is imported: on a machine without CUDA the Triton kernels then run in the interpreter.
 """
+import importlib
 import os
+import pkgutil
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,26 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# The kernel's own tests: the only ones that run the Triton interpreter on CPU.
+KERNEL_TEST_MODULES = ("test_kmer_kernel", "test_gengram_module", "test_gengram_projected", "test_benchmarks")
+
+
+@pytest.fixture(autouse=True)
+def gengram_torch_path_outside_kernel_tests(request, monkeypatch):
+    """Everything but the kernel's own tests (model builds, equivalence and inference tests) takes Gengram's
+    PyTorch path on CPU, as a CPU training run does: the interpreter is ~10-20x slower and its numerics are the
+    kernel tests' business."""
+    if HAS_CUDA or request.module.__name__.rsplit(".", 1)[-1] in KERNEL_TEST_MODULES:
+        return
+    import nucleotron.kernels
+
+    for info in pkgutil.iter_modules(nucleotron.kernels.__path__, "nucleotron.kernels."):
+        importlib.import_module(info.name)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("nucleotron.kernels") and isinstance(getattr(module, "INTERPRETING", None), bool):
+            monkeypatch.setattr(module, "INTERPRETING", False)
 
 
 @pytest.fixture(scope="session")
