@@ -74,7 +74,8 @@ def _prep(sources: str, out: str, seq_len: int, workers: int, queue) -> None:
     from nucleotron.data_prep.prep import PrepOptions, run_prep
     start, cpu = time.perf_counter(), _cpu_s()
     manifest = run_prep(PrepOptions(sources=sources, seq_len=seq_len, out=out, workers=workers,
-                                    rc_probability=0.56, progress=False))
+                                    rc_probability=0.56, progress=False,
+                                    allow_duplicate_sources=True))   # both groups read one genome on purpose
     queue.put({"wall_s": time.perf_counter() - start, "cpu_s": _cpu_s() - cpu,
                "tokens": sum(d["tokens"] for d in manifest["datasets"].values()),
                "main_peak_mib": _peak_mib(resource.RUSAGE_SELF),
@@ -88,7 +89,14 @@ def _in_children(target, count: int, *args) -> list:
     procs = [ctx.Process(target=target, args=(*args, queue)) for _ in range(count)]
     for proc in procs:
         proc.start()
-    results = [queue.get() for _ in procs]
+    results = []
+    while len(results) < count:   # a child that died without a result must not hang the benchmark
+        try:
+            results.append(queue.get(timeout=1))
+        except Exception:
+            if all(not proc.is_alive() for proc in procs) and queue.empty():
+                raise SystemExit(f"a benchmark process failed (exit codes {[p.exitcode for p in procs]}); "
+                                 f"see its traceback above")
     for proc in procs:
         proc.join()
     return results
