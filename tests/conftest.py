@@ -36,6 +36,22 @@ def gengram_torch_path_outside_kernel_tests(request, monkeypatch):
             monkeypatch.setattr(module, "INTERPRETING", False)
 
 
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def no_rendezvous_leftovers():
+    """An in-process init_distributed sets RANK/WORLD_SIZE/MASTER_PORT in os.environ; later tests that start
+    `nucleotron` processes (srun tasks read RANK) must not inherit them."""
+    before = {name: os.environ.get(name) for name in RENDEZVOUS_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def train_pack(tmp_path_factory):
     """The tiny two-group pack (seq_len 128, valid split chr20) that the training tests share."""

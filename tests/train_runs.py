@@ -37,7 +37,11 @@ def training_env() -> dict:
     against tests/assets/golden_losses.json: no TRITON_INTERPRET (conftest sets it for the in-process kernel tests;
     a CPU run takes Gengram's PyTorch path, as a user's does), no CUDA device (CPU mode even on a GPU machine), and
     one thread per process (floating-point sums do not depend on the core count)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # ...and none of the rendezvous variables an in-process test's init_distributed left behind (its port may still
+    # be bound by this process)
+    leftovers = {"TRITON_INTERPRET", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in leftovers}
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     return env
 
