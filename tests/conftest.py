@@ -53,7 +53,7 @@ def no_rendezvous_leftovers():
 
 
 @pytest.fixture(scope="session")
-def train_pack(tmp_path_factory):
+def pack(tmp_path_factory):
     """The tiny two-group pack (seq_len 128, valid split chr20) that the training tests share."""
     from train_runs import make_pack
 
@@ -61,12 +61,12 @@ def train_pack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def straight_run(train_pack, tmp_path_factory):
+def straight(pack, tmp_path_factory):
     """The uninterrupted 8-step tiny run every resumed or repaired run must reproduce bit for bit."""
     from train_runs import run_train
 
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run_train(train_pack, run_dir)
+    run_train(pack, run_dir)
     return run_dir
 
 

@@ -37,16 +37,6 @@ def assert_golden(name: str, records) -> None:
     assert records == golden[name]["losses"]
 
 
-@pytest.fixture
-def pack(train_pack):
-    return train_pack
-
-
-@pytest.fixture
-def straight(straight_run):
-    return straight_run
-
-
 def test_straight_run_learns_and_writes_the_run_directory(straight):
     records = metrics(straight)
     train = [r for r in records if r["kind"] == "train"]

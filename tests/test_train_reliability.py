@@ -20,16 +20,6 @@ import pytest
 from train_runs import TINY, checkpoints, losses, metrics, run_train, train_command, training_env
 
 
-@pytest.fixture
-def pack(train_pack):
-    return train_pack
-
-
-@pytest.fixture
-def straight(straight_run):
-    return straight_run
-
-
 def copy_run(straight: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(straight, run)
