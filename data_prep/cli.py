@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prep", help="FASTA -> .bin/.idx packs per group and split, with manifest.json")
     prep.add_argument("--sources", required=True, help="TSV with columns path, group, assembly "
                                                        "[, species, annotation, chrom_map]")
+    prep.add_argument("--group-weights", default=None, metavar="NAME=W,...",
+                      help="the groups of the sources' 'group' column and their token shares, normalised to sum to "
+                           "1, e.g. prokaryote=1 (one group, dnaHNet's GTDB recipe) or a=0.5,b=0.3,c=0.2 "
+                           "(default: human=0.5,nonhuman=0.5, the paper's 1:1 mix)")
     prep.add_argument("--seq-len", type=int, required=True, help="fragment length in bases (8192, 32768, ...)")
     prep.add_argument("--out", required=True, help="pack directory to create")
     prep.add_argument("--min-len", type=int, default=None,
@@ -82,13 +86,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .fetch import fetch_manifest
             fetch_manifest(args.manifest, args.out, jobs=args.jobs, retries=args.retries, only=args.only)
         elif args.command == "prep":
+            from .groups import parse_group_weights
             from .prep import PrepOptions, run_prep
+            weights = None if args.group_weights is None else parse_group_weights(args.group_weights)
             run_prep(PrepOptions(
                 sources=args.sources, seq_len=args.seq_len, out=args.out, min_len=args.min_len,
                 n_run=args.split_n_run, max_n_fraction=args.max_n_fraction, rc_probability=args.rc_probability,
                 seed=args.seed, gene_window=args.gene_window, soft_mask=args.soft_mask, valid_chroms=args.valid_chroms,
                 test_chroms=args.test_chroms, allow_unsplit_human=args.allow_unsplit_human,
-                allow_duplicate_sources=args.allow_duplicate_sources, workers=args.workers,
+                allow_duplicate_sources=args.allow_duplicate_sources, group_weights=weights, workers=args.workers,
                 work_dir=args.work_dir, overwrite=args.overwrite, keep_work=args.keep_work,
                 progress=not args.no_progress))
         elif args.command == "verify":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .errors import DataPrepError
+from .groups import check_group_name
 
 COLUMNS = ("assembly", "group", "species", "accession", "url", "checksum")
 BLOCK = 1 << 20
@@ -57,8 +58,7 @@ def read_fetch_manifest(path: str) -> List[RemoteFile]:
             if not (checksum in ("ncbi-md5", "none") or checksum.startswith(("sha256:", "md5:", "md5-file:"))):
                 raise DataPrepError(f"{path} line {line_no}: column 'checksum' must be sha256:<hex>, md5:<hex>, "
                                     f"md5-file:<url>, ncbi-md5 or none, not {checksum!r}")
-            if row["group"].strip() not in ("human", "nonhuman"):
-                raise DataPrepError(f"{path} line {line_no}: column 'group' must be human or nonhuman")
+            check_group_name(row["group"].strip(), f"{path} line {line_no}: column 'group'")
             rows.append(RemoteFile(**{c: row[c].strip() for c in COLUMNS}))
     return rows
 

@@ -4,15 +4,17 @@ Training reads it with `load_manifest(dir)`; a format_version it does not know i
 
 Blend formula: megatron's BlendedDataset draws whole samples (seq_len + 1 tokens) with probability proportional to
 the weights, so a group's expected token share equals its weight share. For each split, the weight of dataset d of
-group g is 0.5 * tokens(d) / tokens(g), so each group's weights sum to 0.5 and the expected share is exactly 1:1
-whatever the on-disk sizes; the smaller group is simply repeated more often (the manifest reports the on-disk ratio).
+group g is W(g) * tokens(d) / tokens(g), W the group's normalised declared weight (`data prep --group-weights`;
+default human 0.5, nonhuman 0.5), so each group's weights sum to W(g) and its expected share is exactly W(g) whatever
+the on-disk sizes; a group small on disk is simply repeated more often (the manifest reports the on-disk tokens).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from nucleotron.configs.files import write_json_atomic
 
@@ -54,20 +56,35 @@ class Manifest:
         return [os.path.join(self.directory, p) for p in entry.prefixes], list(entry.weights)
 
     @property
+    def group_weights(self) -> Dict[str, float]:
+        """Each group's declared token share (sums to 1): the manifest's `group_weights`, or for packs made with the
+        default mix (which record none) the train blend's expected shares (human 0.5, nonhuman 0.5)."""
+        declared = self.raw.get("group_weights")
+        if declared:
+            return {g: float(w) for g, w in declared.items()}
+        split = "train" if "train" in self.blend else next(iter(self.blend))
+        return dict(self.blend[split].expected_token_share)
+
+    @property
     def groups(self) -> List[str]:
-        """The groups the blends mix (e.g. human, nonhuman), in blend order: the one source for their names."""
+        """The groups the blends mix (human, nonhuman by default; one, three... with --group-weights), in blend
+        order: the one source for their names."""
         names: List[str] = []
         for entry in self.blend.values():
             names += [g for g in entry.groups if g not in names]
         return names
 
 
-def blend_weights(dataset_tokens: Dict[str, int], dataset_group: Dict[str, str]) -> Dict[str, float]:
-    """Weights giving each group an expected token share of exactly 0.5 (see module docstring)."""
+def blend_weights(dataset_tokens: Dict[str, int], dataset_group: Dict[str, str],
+                  group_weights: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
+    """Weights giving each group g an expected token share of exactly group_weights[g] (normalised shares; default
+    0.5 for every group, the 1:1 mix), see the module docstring."""
     group_tokens: Dict[str, int] = {}
     for name, count in dataset_tokens.items():
         group_tokens[dataset_group[name]] = group_tokens.get(dataset_group[name], 0) + count
-    return {name: 0.5 * count / group_tokens[dataset_group[name]] for name, count in dataset_tokens.items()}
+    share = (lambda g: 0.5) if group_weights is None else group_weights.__getitem__
+    return {name: share(dataset_group[name]) * count / group_tokens[dataset_group[name]]
+            for name, count in dataset_tokens.items()}
 
 
 def write_manifest(directory: str, content: dict) -> dict:
@@ -106,6 +123,10 @@ def load_manifest(directory: str) -> Manifest:
         raise DataPrepError(f"{path}: format_version {version!r} is not supported (this code reads "
                             f"{FORMAT_VERSION}); re-run `nucleotron data prep` or update nucleotron")
     try:
+        declared = raw.get("group_weights")
+        if declared is not None and not (isinstance(declared, dict) and declared and all(
+                isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in declared.values())):
+            raise ValueError(f"group_weights {declared!r} is not a map of group -> positive weight")
         blend = {split: Blend(prefixes=list(b["prefixes"]), weights=[float(w) for w in b["weights"]],
                               groups=list(b["groups"]), expected_token_share=dict(b["expected_token_share"]),
                               on_disk_tokens={k: int(v) for k, v in b["on_disk_tokens"].items()})

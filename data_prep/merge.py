@@ -1,6 +1,6 @@
 """Finish a pack directory from the work dir: each pack's data file moves in (a rename: workers already wrote the
-documents in place), then its .idx and .docs.npy, contigs.tsv, the counts, the 1:1 blend, the files' sizes and
-checksums (verify.py) and manifest.json."""
+documents in place), then its .idx and .docs.npy, contigs.tsv, the counts, the blend of the declared group shares
+(1:1 human:nonhuman by default, see groups.py), the files' sizes and checksums (verify.py) and manifest.json."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,8 @@ from .errors import DataPrepError
 from .fragments import FragmentRules
 from .layout import PackLayout
 from .manifest import blend_weights, write_manifest
-from .sources import GROUPS, Source
+from .groups import DEFAULT, SETTING, GroupWeights
+from .sources import Source
 from .verify import integrity_entry
 from .writer import write_index
 
@@ -24,13 +25,15 @@ DOC_DTYPE = np.dtype([("source", "<u2"), ("record", "<u4"), ("start", "<i8"), ("
 
 def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes: List[List[Tuple[str, str]]],
                unsplit: List[str], layout: PackLayout, done: Dict[Tuple[int, int], dict], rules: FragmentRules,
-               split_rule: SplitRule, gene_window, soft_mask: bool, keep_work: bool) -> dict:
+               split_rule: SplitRule, gene_window, soft_mask: bool, keep_work: bool,
+               weights: GroupWeights = DEFAULT) -> dict:
     """Write the pack into `built`; `chromosomes[i][k]` is record k of source i's (chromosome, split); `unsplit`
-    lists assemblies that went wholly to train for want of chromosome names (see leakage.py)."""
+    lists assemblies that went wholly to train for want of chromosome names (see leakage.py); `weights` are the
+    groups' token shares (the manifest records them when declared)."""
     counts = {a: {"group": g, "splits": {}} for a, g in dict((s.assembly, s.group) for s in sources).items()}
     datasets, group_tokens, written = {}, {}, []
     for split in SPLITS:
-        for group in GROUPS:
+        for group in weights.groups:
             prefix = f"{group}_{split}"
             if prefix not in layout.packs:
                 continue
@@ -83,9 +86,11 @@ def build_pack(built: str, sources: List[Source], scans: List[dict], chromosomes
         "sources": [_source_entry(s, scan) for s, scan in zip(sources, scans)],
         "datasets": datasets,
         "counts": {"by_assembly": counts, "by_group": _by_group(datasets)},
-        "blend": _blend(datasets, group_tokens, split_rule),
+        "blend": _blend(datasets, group_tokens, split_rule, weights),
         "integrity": integrity_entry(built, written),
     }
+    if weights.declared:     # the default pack's manifest stays byte-identical to earlier versions'
+        content["group_weights"] = dict(weights.weights)
     return write_manifest(built, content)
 
 
@@ -132,28 +137,44 @@ def _by_group(datasets: dict) -> dict:
     return by_group
 
 
-def _blend(datasets: dict, group_tokens: dict, split_rule: SplitRule) -> dict:
+def _blend(datasets: dict, group_tokens: dict, split_rule: SplitRule, weights: GroupWeights) -> dict:
+    groups = list(weights.groups)
     blend = {}
     for split in SPLITS:
         present = group_tokens.get(split, {})
         if not present and split != "train" and not (split_rule.valid if split == "valid" else split_rule.test):
             continue
-        missing = [g for g in GROUPS if g not in present]
+        missing = [g for g in groups if g not in present]
         if missing:
             asked = {"train": "all chromosomes not held out", "valid": split_rule.valid, "test": split_rule.test}[split]
-            raise DataPrepError(f"split {split!r} ({asked}) has no {missing[0]} tokens after filtering, so a 1:1 "
-                                f"human:non-human mix is impossible; check the chromosome names (see contigs "
-                                f"naming in configs/data/README.md), --max-n-fraction, --min-len or --gene-window")
-        names = [f"{g}_{split}" for g in GROUPS]
-        weights = blend_weights({n: datasets[n]["tokens"] for n in names}, {n: datasets[n]["group"] for n in names})
-        share = {g: sum(weights[n] for n in names if datasets[n]["group"] == g) for g in GROUPS}
-        ratio = present["human"] / present["nonhuman"]
-        blend[split] = {"prefixes": names, "weights": [weights[n] for n in names], "groups": list(GROUPS),
+            mix = (f"the declared mix ({SETTING} {weights.describe()})" if weights.declared
+                   else "a 1:1 human:non-human mix")
+            raise DataPrepError(f"split {split!r} ({asked}) has no {missing[0]} tokens after filtering, so {mix} "
+                                f"is impossible; check the chromosome names (see contigs naming in "
+                                f"configs/data/README.md), --max-n-fraction, --min-len or --gene-window")
+        names = [f"{g}_{split}" for g in groups]
+        dataset_weights = blend_weights({n: datasets[n]["tokens"] for n in names},
+                                        {n: datasets[n]["group"] for n in names}, weights.weights)
+        share = {g: sum(dataset_weights[n] for n in names if datasets[n]["group"] == g) for g in groups}
+        blend[split] = {"prefixes": names, "weights": [dataset_weights[n] for n in names], "groups": groups,
                         "expected_token_share": share, "on_disk_tokens": present,
-                        "statement": f"expected human:non-human token ratio {share['human'] / share['nonhuman']:.6f}"
-                                     f":1 under the blend; on disk {ratio:.6f}:1 (the blend repeats the smaller "
-                                     f"group {max(ratio, 1 / ratio):.3f}x as often per token)"}
+                        "statement": _statement(share, present, weights)}
     return blend
+
+
+def _statement(share: Dict[str, float], present: Dict[str, int], weights: GroupWeights) -> str:
+    """The blend in words: the default 1:1 pack keeps its original sentence."""
+    if list(share) == ["human", "nonhuman"] and share["human"] == share["nonhuman"]:
+        ratio = present["human"] / present["nonhuman"]
+        return (f"expected human:non-human token ratio {share['human'] / share['nonhuman']:.6f}:1 under the blend; "
+                f"on disk {ratio:.6f}:1 (the blend repeats the smaller group {max(ratio, 1 / ratio):.3f}x as often "
+                f"per token)")
+    total = sum(present.values())
+    expected = ", ".join(f"{g} {s:.6f}" for g, s in share.items())
+    on_disk = ", ".join(f"{g} {present[g] / total:.6f}" for g in share)
+    return (f"expected token shares under the blend: {expected} (the declared weights"
+            f"{'' if weights.declared else ', default'}); on disk: {on_disk} (a group is drawn share / on-disk "
+            f"share times as often per token)")
 
 
 def _source_entry(source: Source, scan: dict) -> dict:

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,13 +16,14 @@ from .chroms import SPLITS, SplitRule, chromosome_of, read_chrom_map
 from .errors import DataPrepError, os_error
 from .fasta import Record
 from .fragments import FragmentRules
+from .groups import DEFAULT, GroupWeights, check_sources, declare
 from .layout import PackLayout
 from .leakage import unsplit_assemblies
 from .lock import pack_lock, remove_dead_building_dirs
 from .merge import build_pack
 from .records import RECORD_VERSION, RecordTask, cut_record
 from .scan import scan_source
-from .sources import GROUPS, Source, check_distinct, read_sources
+from .sources import Source, check_distinct, read_sources
 from .workdir import building_dir, check_out, publish, read_json, slug
 from .workers import worker_pool
 
@@ -43,6 +44,7 @@ class PrepOptions:
     test_chroms: Sequence[str] = ()
     allow_unsplit_human: bool = False      # let human assemblies without chromosome names go wholly to train
     allow_duplicate_sources: bool = False  # let one file (or identical contents) appear in several rows
+    group_weights: Optional[Mapping[str, float]] = None   # group -> relative token share; None: human=nonhuman=0.5
     workers: Optional[int] = None          # None: all cores
     work_dir: Optional[str] = None         # default: OUT.work beside OUT
     overwrite: bool = False
@@ -68,7 +70,9 @@ def run_prep(opts: PrepOptions) -> dict:
         raise DataPrepError(f"--workers {opts.workers} must be at least 1 (leave it out to use all "
                             f"{os.cpu_count() or 1} cores)")
     rules = rules_of(opts)
-    sources = read_sources(opts.sources)
+    weights = DEFAULT if opts.group_weights is None else declare(opts.group_weights)
+    sources = read_sources(opts.sources, weights)
+    check_sources(sources, weights, opts.sources)
     inputs = [p for s in sources for p in (s.path, s.annotation, s.chrom_map) if p]
     if opts.work_dir and os.path.realpath(opts.work_dir).startswith(os.path.realpath(out) + os.sep):
         raise DataPrepError(f"--work-dir {opts.work_dir} lies inside --out {out}, which is replaced at the end; "
@@ -80,12 +84,13 @@ def run_prep(opts: PrepOptions) -> dict:
         with pack_lock(out, _log):
             check_out(out, opts.overwrite, inputs)       # again: the lock's holder may just have published
             remove_dead_building_dirs(out, _log)
-            return _prep_locked(opts, out, rules, sources, inputs)
+            return _prep_locked(opts, out, rules, sources, inputs, weights)
     except OSError as err:        # the lock, the work dir's own files (workers name theirs, see records.py)
         raise os_error(opts.work_dir or out + ".work", err) from None
 
 
-def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: List[Source], inputs) -> dict:
+def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: List[Source], inputs,
+                 weights: GroupWeights) -> dict:
     split_rule = SplitRule(opts.valid_chroms, opts.test_chroms)
     if opts.gene_window is not None:
         missing = [s.path for s in sources if not s.annotation]
@@ -113,7 +118,7 @@ def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: Lis
                        for i, scan in enumerate(scans)]
         unsplit = unsplit_assemblies(sources, scans, chromosomes, split_rule, opts.sources,
                                      opts.allow_unsplit_human, _log)
-        layout = PackLayout(job_dir, _packs(sources, chromosomes), [scan["sha256"] for scan in scans])
+        layout = PackLayout(job_dir, _packs(sources, chromosomes, weights.groups), [scan["sha256"] for scan in scans])
         done = layout.prepare()
         tasks = _record_tasks(sources, scans, src_dirs, layout, done)
         total = sum(t.rec.seq_end - t.rec.seq_start for t in tasks)
@@ -130,7 +135,7 @@ def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: Lis
         os.makedirs(built)
         markers = {member: read_json(layout.record_prefix(member) + ".done") for member in layout.slots}
         manifest = build_pack(built, sources, scans, chromosomes, unsplit, layout, markers, rules, split_rule,
-                              opts.gene_window, opts.soft_mask, opts.keep_work)
+                              opts.gene_window, opts.soft_mask, opts.keep_work, weights)
         check_out(out, opts.overwrite, inputs)
         publish(built, out)
     except BaseException as err:
@@ -147,11 +152,12 @@ def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: Lis
     return manifest
 
 
-def _packs(sources: List[Source], chromosomes: List[List[Tuple[str, str]]]) -> Dict[str, List[Tuple[int, int]]]:
+def _packs(sources: List[Source], chromosomes: List[List[Tuple[str, str]]],
+           groups: Sequence[str]) -> Dict[str, List[Tuple[int, int]]]:
     """Pack name -> its records (source, record), in source/record order; packs in split, group order."""
     packs = {}
     for split in SPLITS:
-        for group in GROUPS:
+        for group in groups:
             members = [(i, k) for i, source in enumerate(sources) if source.group == group
                        for k, (_, record_split) in enumerate(chromosomes[i]) if record_split == split]
             if members:

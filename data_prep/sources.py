@@ -7,17 +7,18 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from .errors import DataPrepError
+from .groups import DEFAULT, SETTING, GroupWeights
 
 REQUIRED_COLUMNS = ("path", "group", "assembly")
 OPTIONAL_COLUMNS = ("species", "annotation", "chrom_map")
-GROUPS = ("human", "nonhuman")
+GROUPS = DEFAULT.groups            # the default groups (human, nonhuman); others come with --group-weights
 
 
 @dataclass(frozen=True)
 class Source:
     """One FASTA file (an assembly may span several rows/files)."""
     path: str                  # absolute
-    group: str                 # 'human' | 'nonhuman'
+    group: str                 # 'human' | 'nonhuman' by default; any group declared with --group-weights
     assembly: str
     species: str = ""
     annotation: Optional[str] = None   # absolute path of a GFF3/GTF, for the gene-proximity filter
@@ -29,8 +30,9 @@ def _resolve(base: str, value: str) -> str:
     return os.path.normpath(value if os.path.isabs(value) else os.path.join(base, value))
 
 
-def read_sources(tsv_path: str) -> List[Source]:
-    """Parse and validate SOURCES.tsv; every problem names the file, line and column."""
+def read_sources(tsv_path: str, weights: GroupWeights = DEFAULT) -> List[Source]:
+    """Parse and validate SOURCES.tsv; every problem names the file, line and column. A row's group must be one of
+    `weights` (the default human/nonhuman, or those given with --group-weights)."""
     if not os.path.isfile(tsv_path):
         raise DataPrepError(f"{tsv_path}: sources file not found; pass --sources PATH to a tab-separated table "
                             f"with columns {', '.join(REQUIRED_COLUMNS)}")
@@ -53,8 +55,14 @@ def read_sources(tsv_path: str) -> List[Source]:
                 if not (row.get(column) or "").strip():
                     raise DataPrepError(f"{where}: column {column!r} is empty")
             group, assembly = row["group"].strip(), row["assembly"].strip()
-            if group not in GROUPS:
-                raise DataPrepError(f"{where}: column 'group' has unknown group {group!r}; use one of {GROUPS}")
+            if group not in weights.groups:
+                known = ", ".join(weights.groups)
+                raise DataPrepError(
+                    f"{where}: column 'group' has unknown group {group!r}; the groups are {known} "
+                    + (f"(from {SETTING})" if weights.declared else
+                       f"(the default 1:1 mix); declare other groups with their token shares, e.g. "
+                       f"{SETTING} {group}=1 for one group or {SETTING} human=0.5,{group}=0.5")
+                    + ("" if not weights.declared else f"; add {group!r} with its weight to {SETTING}"))
             if group_of.setdefault(assembly, group) != group:
                 raise DataPrepError(f"{where}: assembly {assembly!r} is listed as both {group_of[assembly]!r} and "
                                     f"{group!r}; one assembly belongs to one group")

@@ -12,6 +12,7 @@ from .manifest import load_manifest
 from .writer import read_document_lengths
 
 CHUNK = 64 << 20
+SHARE_TOLERANCE = 1e-9      # blend shares are sums of a few doubles: equal to the declared ones up to rounding
 
 
 def token_histogram(bin_path: str) -> np.ndarray:
@@ -52,14 +53,41 @@ def pack_stats(directory: str) -> dict:
         }
         if manifest.soft_mask_bit is not None:
             datasets[name]["soft_masked_fraction"] = soft_masked / bases if bases else 0.0
-    mix = {}
-    for split, blend in manifest.blend.items():
-        human, nonhuman = blend.on_disk_tokens["human"], blend.on_disk_tokens["nonhuman"]
-        mix[split] = {"on_disk_tokens": blend.on_disk_tokens, "on_disk_human_share": human / (human + nonhuman),
-                      "blend_weights": dict(zip(blend.prefixes, blend.weights)),
-                      "blend_human_share": blend.expected_token_share["human"]}
+    mix = {split: _checked_mix(manifest, split, blend, datasets) for split, blend in manifest.blend.items()}
     return {"pack": manifest.directory, "seq_len": manifest.seq_len, "strand": manifest.strand,
             "datasets": datasets, "mix": mix}
+
+
+def _checked_mix(manifest, split: str, blend, datasets: Dict[str, dict]) -> dict:
+    """One split's mix: on-disk tokens per group recounted from the .bin files, and the blend's token share per group
+    (its weights normalised) verified against the group weights the pack declares (human 0.5, nonhuman 0.5 unless
+    prep was given --group-weights)."""
+    where = f"{os.path.join(manifest.directory, 'manifest.json')} blend {split!r}"
+    declared = manifest.group_weights
+    total_weight = sum(blend.weights)
+    share: Dict[str, float] = {}
+    for group, weight in zip(blend.groups, blend.weights):
+        share[group] = share.get(group, 0.0) + weight / total_weight
+    if set(share) != set(declared):
+        raise DataPrepError(f"{where} mixes groups {sorted(share)} but the pack declares {sorted(declared)}; "
+                            f"rebuild the pack")
+    for group, expected in declared.items():
+        if abs(share[group] - expected) > SHARE_TOLERANCE:
+            raise DataPrepError(f"{where}: group {group!r} gets a token share of {share[group]:.9f} under the blend "
+                                f"but its declared weight is {expected:.9f}; rebuild the pack")
+    counted = {g: sum(d["tokens"] for d in datasets.values() if d["group"] == g and d["split"] == split)
+               for g in share}
+    if counted != blend.on_disk_tokens:
+        raise DataPrepError(f"{where}: on_disk_tokens {blend.on_disk_tokens} but the .bin files hold {counted}; "
+                            f"rebuild the pack")
+    on_disk = sum(counted.values())
+    entry = {"on_disk_tokens": blend.on_disk_tokens, "on_disk_share": {g: t / on_disk for g, t in counted.items()},
+             "blend_weights": dict(zip(blend.prefixes, blend.weights)), "blend_share": share,
+             "declared_share": declared, "verified": True}
+    if set(share) == {"human", "nonhuman"}:        # the names earlier versions reported
+        entry["on_disk_human_share"] = entry["on_disk_share"]["human"]
+        entry["blend_human_share"] = blend.expected_token_share["human"]
+    return entry
 
 
 def format_stats(result: dict) -> str:
@@ -75,6 +103,8 @@ def format_stats(result: dict) -> str:
                      + (f"{d['soft_masked_fraction']:>8.4f}" if soft else ""))
     lines.append("")
     for split, m in result["mix"].items():
-        lines.append(f"mix {split:<6} on disk human share {m['on_disk_human_share']:.4f}; "
-                     f"with blend weights human share {m['blend_human_share']:.4f}")
+        on_disk = ", ".join(f"{g} {v:.4f}" for g, v in m["on_disk_share"].items())
+        blended = ", ".join(f"{g} {v:.4f}" for g, v in m["blend_share"].items())
+        lines.append(f"mix {split:<6} token shares on disk: {on_disk}; under the blend: {blended} "
+                     f"(verified against the declared group weights)")
     return "\n".join(lines)
