@@ -210,6 +210,7 @@ class FocusConfig:
     summary_loss: str = "next_base"  # next_base: summary positions predict the next real base too | none
     distill_kl: float = 0.0  # weight of KL(frozen base || focus) on base positions (an extension, not in the paper)
     attention_kernel: str = "auto"  # auto: flex_attention block masks on CUDA, boolean-mask SDPA otherwise | sdpa
+    base_checkpoint: Optional[str] = None  # set: `nucleotron train` trains a FOCUS adapter on this frozen checkpoint
 
 
 @dataclass

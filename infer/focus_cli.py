@@ -1,9 +1,12 @@
 """`nucleotron focus`: summary-token context compression on a frozen Nucleotron checkpoint.
 
-    nucleotron focus score CKPT --adapter focus.safetensors --sequences seqs.fa --out scores.tsv [focus.KEY=VALUE]
-    nucleotron focus eval CKPT --adapter focus.safetensors --sequences held_out.fa --out DIR [focus.KEY=VALUE]
+    nucleotron focus train --checkpoint CKPT --config configs/experiments/focus-tiny.yaml data.packs=DIR run.dir=RUN
+    nucleotron focus score CKPT --adapter RUN|focus.safetensors --sequences seqs.fa --out scores.tsv [focus.KEY=VALUE]
+    nucleotron focus eval CKPT --adapter RUN|focus.safetensors --sequences held_out.fa --out DIR [focus.KEY=VALUE]
 
-score streams each sequence window by window (KV memory ~ L/k + W, any length) and writes the same columns as
+train is `nucleotron train` with focus.base_checkpoint=CKPT (train/engines/focus.py: the same loop, checkpoints,
+resume, metrics and validation; torchrun / `nucleotron launch` run it data-parallel with that override); score
+streams each sequence window by window (KV memory ~ L/k + W, any length) and writes the same columns as
 `nucleotron score`; eval compares FOCUS with the uncompressed model (infer/focus_eval.py).
 """
 from __future__ import annotations
@@ -13,15 +16,48 @@ import math
 import sys
 from typing import List
 
-SUBCOMMANDS = {"score": "stream sequences of any length and write log-likelihoods",
+SUBCOMMANDS = {"train": "train an adapter on a frozen checkpoint (the training loop; resumes from RUN_DIR)",
+               "score": "stream sequences of any length and write log-likelihoods",
                "eval": "fidelity vs the uncompressed model, KV entries and memory vs length (JSON + plot)"}
+
+
+def train_main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nucleotron focus train",
+        description="Train a FOCUS adapter (summary embedding + adapter projections) on a frozen checkpoint, on "
+                    "token packs, through `nucleotron train`'s loop: re-running the command resumes from "
+                    "RUN_DIR/checkpoints/latest; SIGTERM/SIGUSR1 save and exit 75. Equivalent to `nucleotron train "
+                    "--config FILE focus.base_checkpoint=CKPT ...`, which torchrun and `nucleotron launch` run.")
+    parser.add_argument("--checkpoint", required=True, help="the frozen base model: RUN_DIR or a checkpoint directory "
+                        "of a GPT-family run (its newest complete checkpoint)")
+    parser.add_argument("--config", required=True, help="run settings and focus.*, e.g. "
+                        "configs/experiments/focus-tiny.yaml (the model comes from the checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.packs=DIR run.dir=RUN focus.k=16")
+    args = parser.parse_args(argv)
+    from nucleotron.configs import ConfigError
+
+    if any(item.startswith("focus.base_checkpoint=") for item in args.overrides):
+        print("nucleotron focus train: pass the frozen checkpoint as --checkpoint, not focus.base_checkpoint=",
+              file=sys.stderr)
+        return 2
+    try:
+        from nucleotron.train.engines.focus import read_base
+
+        base = read_base(args.checkpoint)  # fail in a second, naming the path, before the loop starts
+    except ConfigError as err:
+        print(f"nucleotron focus train: {err}", file=sys.stderr)
+        return 2
+    from nucleotron.train.cli import main as train
+
+    return train(["--config", args.config, *args.overrides, f"focus.base_checkpoint={base.directory}"])
 
 
 def score_main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="nucleotron focus score", description="Per-sequence log-likelihood and "
                                      "bits per base from streaming FOCUS inference.")
     parser.add_argument("checkpoint", help="the frozen base model: RUN_DIR or a checkpoint directory")
-    parser.add_argument("--adapter", required=True, help="trained adapter (.safetensors)")
+    parser.add_argument("--adapter", required=True, help="trained adapter: a `focus train` RUN_DIR or checkpoint, or "
+                        "its .safetensors file")
     parser.add_argument("--sequences", required=True, help="FASTA (.fa/.fasta/.fna, .gz too)")
     parser.add_argument("--focus-config", help="YAML with a focus: section (configs/focus/*.yaml), applied over "
                         "the adapter's settings")
@@ -67,6 +103,8 @@ def main(argv: List[str]) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    if name == "train":
+        return train_main(rest)
     if name == "score":
         return score_main(rest)
     if name == "eval":

@@ -141,7 +141,8 @@ def plot(report: dict, path: str) -> Optional[str]:
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="nucleotron focus eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="the frozen base model: RUN_DIR or a checkpoint directory")
-    parser.add_argument("--adapter", help="trained adapter (.safetensors); default: the adapter at initialisation")
+    parser.add_argument("--adapter", help="trained adapter: a `focus train` RUN_DIR or checkpoint, or its .safetensors "
+                        "file; default: the adapter at initialisation")
     parser.add_argument("--sequences", required=True, help="held-out FASTA (.fa/.fasta/.fna, .gz too)")
     parser.add_argument("--focus-config", help="YAML with a focus: section (configs/focus/*.yaml), applied over "
                         "the adapter's settings")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import asdict
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -17,20 +18,56 @@ from nucleotron.configs.files import write_atomic
 from nucleotron.configs.schema import FocusConfig
 
 CONFIG_KEY = "nucleotron_focus_config"
+BASE_KEY = "nucleotron_focus_base"  # {"path", "sha256", "step"} of the frozen checkpoint (`focus train` files)
+RUN_ADAPTER = os.path.join("focus", "adapter.safetensors")  # inside a `focus train` checkpoint directory
 
 
-def save_adapter(model, path: str) -> None:
+def save_adapter(model, path: str, base: Optional[dict] = None) -> None:
+    """The trained tensors and their focus config; `base` names the frozen checkpoint they belong to (never its
+    tensors)."""
     from safetensors.torch import save
 
     state = {name: t.contiguous() for name, t in model.adapter_state_dict().items()}
-    write_atomic(path, save(state, metadata={CONFIG_KEY: json.dumps(asdict(model.cfg))}))
+    metadata = {CONFIG_KEY: json.dumps(asdict(model.cfg))}
+    if base is not None:
+        metadata[BASE_KEY] = json.dumps(base)
+    write_atomic(path, save(state, metadata=metadata))
+
+
+def resolve_adapter(path: str) -> str:
+    """An adapter file, or a `nucleotron focus train` run directory / checkpoint directory -> its adapter file (the
+    newest complete checkpoint of a run)."""
+    if not os.path.isdir(path):
+        return path
+    from .checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        directory = resolve_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError(f"--adapter {path}: {err}") from None
+    found = os.path.join(directory, RUN_ADAPTER)
+    if not os.path.isfile(found):
+        raise ConfigError(f"--adapter {path}: {directory} holds no {RUN_ADAPTER}, so it is not a checkpoint of "
+                          f"`nucleotron focus train`; pass that run's directory or an adapter .safetensors file")
+    return found
+
+
+def adapter_base(path: str) -> Optional[dict]:
+    """The frozen checkpoint an adapter file was trained on ({"path", "sha256", "step"}), if it records one."""
+    from safetensors.torch import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata[BASE_KEY]) if BASE_KEY in metadata else None
 
 
 def read_adapter(path: str) -> Tuple[dict, FocusConfig]:
-    """(tensors, the focus config they were trained with); a clear error for anything else."""
+    """(tensors, the focus config they were trained with); a clear error for anything else. `path` may also be a
+    `nucleotron focus train` run or checkpoint directory."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    path = resolve_adapter(path)
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -10,6 +10,8 @@ loop gives it.
 Engines (registered below by `model.arch`, imported lazily):
 - `gpt`:  megatron-core GPTModel (dense / MoE, TP/PP/EP/SP) with megatron DDP and optimizer: `engines/megatron.py`.
 - `hnet`: the H-Net family through DeepSpeed (ZeRO 1/2/3): `engines/deepspeed.py` (a new file; the loop is unchanged).
+- `focus`: a FOCUS adapter on a frozen GPT checkpoint (torch DDP over the adapter only): `engines/focus.py`, chosen
+  by focus.base_checkpoint (what `nucleotron focus train --checkpoint CKPT` sets), whatever model.arch says.
 
 Contract of a step, as the loop calls it:
     sums = engine.forward_backward(batches, num_microbatches)   # gradients accumulated, not applied
@@ -97,15 +99,24 @@ class Engine(Protocol):
         """Tear down process groups."""
 
 
-# model.arch -> "module:Class"; a new engine is a new module and one line here.
+# model.arch (or "focus") -> "module:Class"; a new engine is a new module and one line here.
 ENGINES = {
     "gpt": "nucleotron.train.engines.megatron:MegatronEngine",
     "hnet": "nucleotron.train.engines.deepspeed:DeepSpeedEngine",
+    "focus": "nucleotron.train.engines.focus:FocusEngine",
 }
 
 
+def engine_name(cfg: NucleotronConfig) -> str:
+    """The registry key: "focus" when the config trains a FOCUS adapter (the config itself says so, so a requeued
+    Slurm job running `nucleotron train` on the recorded config picks the same engine), else model.arch."""
+    if getattr(getattr(cfg, "focus", None), "base_checkpoint", None):
+        return "focus"
+    return getattr(cfg.model, "arch", "gpt")
+
+
 def build_engine(cfg: NucleotronConfig) -> Engine:
-    arch = getattr(cfg.model, "arch", "gpt")
+    arch = engine_name(cfg)
     if arch not in ENGINES:
         raise ConfigError(f"model.arch={arch!r} has no training engine; choose one of: {', '.join(ENGINES)}")
     module, cls = ENGINES[arch].split(":")
