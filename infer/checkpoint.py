@@ -4,6 +4,10 @@ A checkpoint directory holds a megatron dist_checkpointing save whose "model" en
 (plus "optimizer", which inference skips) and nucleotron.json with the resolved config ("config_yaml") and "step".
 Loading builds the same model at TP=PP=EP=1 and asks dist_checkpointing for its sharded state: megatron reassembles
 the full tensors from any saved layout. This is the one place infer/ touches megatron's checkpoint format.
+
+H-Net checkpoints (model.arch=hnet) hold DeepSpeed's files instead (train/engines/deepspeed.py): `hnet_state_dict`
+reads the full fp32 weights from them (ZeRO 0-2: the module file; ZeRO-3: the fp32 partitions, reassembled by
+DeepSpeed's zero_to_fp32), with torch.load restricted to weights (a checkpoint cannot run code).
 """
 from __future__ import annotations
 
@@ -137,9 +141,59 @@ def load_weights(model, directory: str) -> None:
     model.load_state_dict(loaded["model"], strict=True)
 
 
-def megatron_state_dict(path: str, device: Optional[str] = None) -> tuple:
-    """(Checkpoint, {megatron parameter name: full fp32 tensor}) read on one process, parallel state torn down."""
-    ckpt = read_checkpoint(path)
+def is_hnet(cfg: NucleotronConfig) -> bool:
+    return cfg.model.arch == "hnet"
+
+
+def require_gpt(ckpt: Checkpoint, what: str) -> None:
+    """Refuse an H-Net checkpoint where only GPT-family models are supported, saying what does read it."""
+    if is_hnet(ckpt.cfg):
+        raise CheckpointError(f"{ckpt.directory} holds an H-Net model (model.arch=hnet, DeepSpeed checkpoint); {what} "
+                              f"reads GPT-family models only. `nucleotron score` scores H-Net models (sequences and "
+                              f"variants, --mode parallel|step, --boundaries)")
+
+
+def hnet_state_dict(ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
+    """{parameter name: full fp32 tensor on CPU} of an H-Net checkpoint written by the DeepSpeed engine."""
+    from nucleotron.train.engines.deepspeed import CHECKPOINT_TAG, _weights_only_loading
+
+    folder = os.path.join(ckpt.directory, CHECKPOINT_TAG)
+    module_file = os.path.join(folder, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(module_file):
+        raise CheckpointError(f"{ckpt.directory}: an H-Net checkpoint without {CHECKPOINT_TAG}/mp_rank_00_model_"
+                              f"states.pt (DeepSpeed's model file); pass a complete checkpoint written by training")
+    with _weights_only_loading():
+        if ckpt.cfg.parallel.zero_stage >= 3:     # the module file holds placeholders: gather the fp32 partitions
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(ckpt.directory, tag=CHECKPOINT_TAG)
+        else:
+            state = torch.load(module_file, map_location="cpu", weights_only=True)["module"]
+    return {k: v.detach().float().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def build_hnet(ckpt: Checkpoint, state: Optional[Dict[str, torch.Tensor]] = None):
+    """The HNetLM of the checkpoint's config (fp32, CPU, eval mode), with its weights (strict: every name must
+    match)."""
+    from nucleotron.model.hnet import HNetLM
+
+    cfg = ckpt.cfg.model
+    model = HNetLM(cfg.hnet, cfg.vocab_size, cfg.norm_eps)
+    state = hnet_state_dict(ckpt) if state is None else state
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt.directory}: the saved H-Net weights do not fit the model of its config "
+                              f"({str(err).splitlines()[0]}...); was the checkpoint written by another version?") \
+            from None
+    return model.eval()
+
+
+def megatron_state_dict(path, device: Optional[str] = None) -> tuple:
+    """(Checkpoint, {megatron parameter name: full fp32 tensor}) read on one process, parallel state torn down;
+    `path` may be a Checkpoint already read (its files are then not hashed again)."""
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    require_gpt(ckpt, "this command (megatron weights, Hugging Face export)")
     with single_process_megatron(ckpt.cfg):
         model = build_model(ckpt.cfg, ckpt.vocab)
         load_weights(model, ckpt.directory)

@@ -3,13 +3,16 @@ imported weights) or an exported Hugging Face folder -> the plain-PyTorch model 
 
 Megatron is needed only to read a checkpoint (infer/checkpoint.py); inference itself runs the plain model, whose
 logits the export tests check against megatron's, on CPU or a GPU, with any batch of right-padded sequences.
+H-Net checkpoints (model.arch=hnet, written by the DeepSpeed engine) load as the framework's own HNetLM, which
+scores through its parallel forward or its recurrent step (`nucleotron score --mode`); commands that need the GPT
+model (embed, probe, HF export) refuse them by name (`allow_hnet`).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -20,10 +23,11 @@ EXPORT_RECORD = "nucleotron_export.json"
 
 @dataclass
 class LoadedModel:
-    model: NucleotronForCausalLM
+    model: Union[NucleotronForCausalLM, "HNetLM"]   # noqa: F821 (HNetLM for arch "hnet")
     vocab: Dict[str, int]     # token -> id (A, C, G, T, N, EOD, PAD)
     seq_len: int              # the training sequence length: the longest input scored in one window
     identity: dict            # where the weights came from (path, step, kind) for reports
+    arch: str = "gpt"         # "gpt" (NucleotronForCausalLM) or "hnet" (nucleotron.model.hnet.HNetLM)
 
     @property
     def device(self) -> torch.device:
@@ -38,8 +42,8 @@ def is_hf_folder(path: str) -> bool:
         return json.load(handle).get("model_type") == "nucleotron"
 
 
-def hf_model_from_checkpoint(path: str):
-    """(NucleotronForCausalLM in fp32 on CPU, Checkpoint) from a Nucleotron checkpoint."""
+def hf_model_from_checkpoint(path):
+    """(NucleotronForCausalLM in fp32 on CPU, Checkpoint) from a Nucleotron checkpoint (a path or a Checkpoint)."""
     from .checkpoint import megatron_state_dict
     from .hf_weights import hf_config, to_hf
 
@@ -51,8 +55,12 @@ def hf_model_from_checkpoint(path: str):
     return model.eval(), ckpt
 
 
-def load_model(path: str, device: Optional[str] = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(path: str, device: Optional[str] = None, dtype: torch.dtype = torch.float32,
+               allow_hnet: bool = False) -> LoadedModel:
+    """The model at `path` on `device`; an H-Net checkpoint only when the caller can run one (`allow_hnet`), else a
+    CheckpointError saying which command reads it."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    arch = "gpt"
     if is_hf_folder(path):
         model = NucleotronForCausalLM.from_pretrained(path, dtype=dtype)
         with open(os.path.join(path, "vocab.json")) as handle:
@@ -65,8 +73,16 @@ def load_model(path: str, device: Optional[str] = None, dtype: torch.dtype = tor
                 identity["exported_from"] = json.load(handle)
         seq_len = model.config.max_position_embeddings
     else:
-        model, ckpt = hf_model_from_checkpoint(path)
+        from .checkpoint import build_hnet, is_hnet, read_checkpoint, require_gpt
+
+        ckpt = read_checkpoint(path)
+        if is_hnet(ckpt.cfg):
+            if not allow_hnet:
+                require_gpt(ckpt, "this command")
+            model, arch = build_hnet(ckpt), "hnet"
+        else:
+            model, ckpt = hf_model_from_checkpoint(ckpt)
         vocab, seq_len = ckpt.vocab, ckpt.cfg.data.seq_len
-        identity = {"path": ckpt.directory, "format": "nucleotron", "kind": ckpt.kind, "step": ckpt.step}
+        identity = {"path": ckpt.directory, "format": "nucleotron", "kind": ckpt.kind, "step": ckpt.step, "arch": arch}
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model=model, vocab=vocab, seq_len=seq_len, identity=identity)
+    return LoadedModel(model=model, vocab=vocab, seq_len=seq_len, identity=identity, arch=arch)
