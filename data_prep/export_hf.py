@@ -1,6 +1,6 @@
 """`nucleotron data export-hf DIR OUT`: a pack as Parquet files that `datasets.load_dataset` reads offline.
 
-Layout: OUT/data/{split}-00000-of-00001.parquet with one row per document (both groups in each split), columns
+Layout: OUT/data/{split}-00000-of-00001.parquet with one row per document (every group in each split), columns
 sequence (ACGTN string, as stored: reverse-complemented where strand says so; acgtn where a `--soft-mask` pack
 marks a base soft-masked), group, assembly, record, start, length, strand ('+' or '-'). Written one row group per
 dataset chunk, so memory stays bounded.

@@ -158,17 +158,19 @@ def hnet_state_dict(ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
     from nucleotron.train.engines.deepspeed import CHECKPOINT_TAG, _weights_only_loading
 
     folder = os.path.join(ckpt.directory, CHECKPOINT_TAG)
-    module_file = os.path.join(folder, "mp_rank_00_model_states.pt")
-    if not os.path.isfile(module_file):
-        raise CheckpointError(f"{ckpt.directory}: an H-Net checkpoint without {CHECKPOINT_TAG}/mp_rank_00_model_"
-                              f"states.pt (DeepSpeed's model file); pass a complete checkpoint written by training")
+    zero3 = ckpt.cfg.parallel.zero_stage >= 3    # the module file holds placeholders: gather the fp32 partitions
+    name = "zero_pp_rank_0_mp_rank_00_model_states.pt" if zero3 else "mp_rank_00_model_states.pt"
+    if not os.path.isfile(os.path.join(folder, name)):
+        raise CheckpointError(f"{ckpt.directory}: an H-Net checkpoint (ZeRO-{ckpt.cfg.parallel.zero_stage}) without "
+                              f"{CHECKPOINT_TAG}/{name} (DeepSpeed's model file); pass a complete checkpoint written "
+                              f"by training")
     with _weights_only_loading():
-        if ckpt.cfg.parallel.zero_stage >= 3:     # the module file holds placeholders: gather the fp32 partitions
+        if zero3:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(ckpt.directory, tag=CHECKPOINT_TAG)
         else:
-            state = torch.load(module_file, map_location="cpu", weights_only=True)["module"]
+            state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)["module"]
     return {k: v.detach().float().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
