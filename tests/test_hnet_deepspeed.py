@@ -1,6 +1,7 @@
-"""DeepSpeedEngine (train/engines/deepspeed.py) driven directly, without the loop: ZeRO-2 over two gloo processes
-equals one process with the same global batch; save then load reproduces the next steps; a skipped step leaves no
-trace; per-stage statistics."""
+"""DeepSpeedEngine (train/engines/deepspeed.py) driven directly, without the loop: ZeRO-2 and ZeRO-3 over two gloo
+processes equal one process with the same global batch; save then load reproduces the next steps exactly; a skipped
+step leaves no trace; per-stage statistics. Each worker process runs both stages, one after the other, so ZeRO-3
+costs steps, not another process start."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,8 @@ import torch
 from distributed import run_distributed
 
 GLOBAL_BATCH, SEQ = 4, 36
-OVERRIDES = ["train.micro_batch_size=2", f"train.global_batch_size={GLOBAL_BATCH}",
-             "parallel.zero_stage=2", "optim.lr=1e-2"]
+OVERRIDES = ["train.micro_batch_size=2", f"train.global_batch_size={GLOBAL_BATCH}", "optim.lr=1e-2"]
+STAGES = (2, 3)
 
 
 def global_batch(step: int):
@@ -54,15 +55,26 @@ def worker(checkpoint_dir: str):
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])  # the engine then splits the cores
     import torch.distributed as dist
 
+    results = {stage: one_stage(stage, os.path.join(checkpoint_dir, f"zero{stage}")) for stage in STAGES}
+    dist.barrier()
+    dist.destroy_process_group()
+    return results
+
+
+def one_stage(stage: int, checkpoint_dir: str) -> dict:
     from nucleotron.configs.loader import load_config
     from nucleotron.train.engine import build_engine
 
-    cfg = load_config("configs/models/dnahnet-tiny.yaml", OVERRIDES)
+    cfg = load_config("configs/models/dnahnet-tiny.yaml", OVERRIDES + [f"parallel.zero_stage={stage}"])
     engine = build_engine(cfg)
-    engine.init_distributed()
+    engine.init_distributed()   # the second stage finds the process group already up
     rank, world = engine.data_parallel
     torch.manual_seed(cfg.run.seed)
     engine.build(SimpleNamespace(eod=5, seq_len=SEQ, vocab={"A": 0, "C": 1, "G": 2, "T": 3}), total_steps=10)
+    params = list(engine.engine.module.parameters())
+    # ZeRO-3: the elements this rank holds vs the model's (the tiny model must really be split, not kept whole)
+    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
     first = run_steps(engine, [0, 1], rank, world)
     stats = engine.statistics()
     engine.save(checkpoint_dir)
@@ -83,10 +95,8 @@ def worker(checkpoint_dir: str):
     assert engine.learning_rate() == lr_at_save
     after_skip = run_steps(engine, [2, 3], rank, world)
     finite = engine.parameters_finite()
-    dist.barrier()
-    engine.shutdown()
     return {"first": first, "stats": stats, "straight": straight, "resumed": resumed, "after_skip": after_skip,
-            "finite": finite}
+            "finite": finite, "held": held, "total": total}
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +106,10 @@ def runs(tmp_path_factory):
     return one, two
 
 
-def test_two_processes_zero2_equal_one_process(runs):
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_processes_equal_one_process(runs, stage):
     (one,), two = runs
+    one, two = one[stage], [rank[stage] for rank in two]
     assert two[0] == two[1]  # every rank reports the same all-reduced numbers
     assert one["first"][-1] < one["first"][0]
     for key in ("first", "straight"):
@@ -106,16 +118,25 @@ def test_two_processes_zero2_equal_one_process(runs):
         assert two[0]["stats"][key] == pytest.approx(value, rel=1e-5), key
 
 
+def test_zero3_splits_the_parameters_across_ranks(runs):
+    (one,), two = runs
+    assert one[3]["held"] == one[3]["total"] == one[2]["held"]
+    assert two[0][2]["held"] == two[0][2]["total"]                       # ZeRO-2: whole weights on every rank
+    assert two[0][3]["held"] + two[1][3]["held"] < 1.1 * two[0][3]["total"]   # ZeRO-3: about half each
+    assert max(two[0][3]["held"], two[1][3]["held"]) < 0.6 * two[0][3]["total"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("world", [1, 2])
-def test_save_load_and_skip_reproduce_the_next_steps(runs, world):
-    result = runs[0][0] if world == 1 else runs[1][0]
+def test_save_load_and_skip_reproduce_the_next_steps(runs, world, stage):
+    result = (runs[0][0] if world == 1 else runs[1][0])[stage]
     assert result["resumed"] == result["straight"]
     assert result["after_skip"] == result["straight"]
     assert result["finite"]
 
 
 def test_statistics_per_stage(runs):
-    stats = runs[0][0]["stats"]
+    stats = runs[0][0][2]["stats"]
     assert sorted(stats) == sorted(f"hnet/stage{s}/{k}" for s in (1, 2)
                                    for k in ("compression", "boundary_prob", "ratio_loss"))
     assert stats["hnet/stage1/compression"] >= 1 and stats["hnet/stage2/compression"] >= 1

@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import socket
+import warnings
 from datetime import timedelta
 from typing import Dict, Iterator, List, Tuple
 
@@ -93,6 +94,8 @@ class DeepSpeedEngine:
             # The CPU accelerator's shared-memory all-reduce is a C++ extension compiled on first use (about 30 s on
             # two cores, and a compiler on every node); gloo's all-reduce is enough for CPU runs.
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        # DeepSpeed's ZeRO-3 calls reduce_scatter_tensor, which torch 2.13 warns about on every step
+        warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False,
                                    timeout=timedelta(minutes=10))
 
@@ -110,14 +113,19 @@ class DeepSpeedEngine:
         t, o = self.cfg.train, self.cfg.optim
         dp = self.data_parallel[1]
         bucket = int(min(5e8, max(1e6, num_parameters)))  # ZeRO's buffers: no bigger than the model needs
+        zero = {"stage": self.cfg.parallel.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+        if self.cfg.parallel.zero_stage == 3:
+            # ZeRO-3 keeps parameters below this size whole on every rank (DeepSpeed's default: 1e5 elements). On a
+            # small model that would be every parameter, i.e. silently ZeRO-2; scaled down, only norms, biases and
+            # other small vectors stay whole, as on a large model.
+            zero["stage3_param_persistence_threshold"] = int(min(1e5, num_parameters // 1000))
         return {
             "train_batch_size": t.global_batch_size,
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
             "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
             "managed_gradient_accumulation": False,
             "gradient_clipping": o.clip_grad,
-            "zero_optimization": {"stage": self.cfg.parallel.zero_stage, "reduce_bucket_size": bucket,
-                                  "allgather_bucket_size": bucket},
+            "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2 ** 31 - 1,
             "wall_clock_breakdown": False,
