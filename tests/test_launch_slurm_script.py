@@ -1,6 +1,8 @@
 """The rendered sbatch script, without Slurm: it parses, carries the requeue/signal directives, keeps hostile values
 literal, and its requeue logic does the right thing for each training exit status (srun, scontrol and the training
-command are stand-ins on PATH that record what they were given)."""
+command are stand-ins on PATH that record what they were given). The script does not depend on the model family:
+the checks that run it are repeated for a dnaHNet config (model.arch=hnet, DeepSpeed), whose frozen config must
+reload to the same H-Net."""
 import os
 import shlex
 import stat
@@ -16,11 +18,13 @@ from nucleotron.launch.slurm_options import SlurmOptions, check
 from nucleotron.launch.slurm_script import render_job
 
 CONFIG = "configs/experiments/tiny-cpu.yaml"
+HNET = "configs/models/dnahnet-tiny.yaml"
+BOTH = pytest.mark.parametrize("config", [CONFIG, HNET], ids=["gpt", "hnet"])
 HOSTILE = "x y;z $(touch {m}) `touch {m}` 'q' \"d\" #h \\b &|>"
 
 
-def render(tmp_path, options=None, overrides=()):
-    spec = prepare_run(CONFIG, [f"run.dir={tmp_path / 'run'}", *overrides], workdir=tmp_path)
+def render(tmp_path, options=None, overrides=(), config=CONFIG):
+    spec = prepare_run(config, [f"run.dir={tmp_path / 'run'}", *overrides], workdir=tmp_path)
     return spec, render_job(spec, check(options or SlurmOptions(gpus_per_node=0)))
 
 
@@ -28,13 +32,14 @@ def directives(script):
     return [line for line in script.splitlines() if line.startswith("#SBATCH")]
 
 
+@BOTH
 @pytest.mark.parametrize("options", [SlurmOptions(gpus_per_node=0, ntasks_per_node=2, time="1:00:00"),
                                      SlurmOptions(nodes=4, gpus_per_node=8, partition="gpu", account="dna",
                                                   qos="high", exclusive=True, cpus_per_task=12),
                                      SlurmOptions(nodes=2, launcher="torchrun", container_image="/i/n.sqsh",
                                                   container_mounts="/lustre:/lustre")])
-def test_script_parses_and_is_preemption_safe(tmp_path, options):
-    _, script = render(tmp_path, options)
+def test_script_parses_and_is_preemption_safe(tmp_path, options, config):
+    spec, script = render(tmp_path, options, config=config)
     path = tmp_path / "job.sbatch"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
@@ -45,6 +50,7 @@ def test_script_parses_and_is_preemption_safe(tmp_path, options):
     assert f"#SBATCH --nodes={options.nodes}" in lines
     assert any(line.startswith("#SBATCH --output=") and line.endswith("/run/slurm/slurm-%j.out") for line in lines)
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script and f"REQUEUE_EXIT_CODE={REQUEUE_EXIT_CODE}" in script
+    assert f"TRAIN=(nucleotron train --config {spec.frozen_config} run.dir={spec.run_dir})" in script
     # directives must all come before the first command, or sbatch ignores them
     first_command = next(i for i, line in enumerate(script.splitlines()) if line and not line.startswith("#"))
     assert all(i < first_command for i, line in enumerate(script.splitlines()) if line.startswith("#SBATCH"))
@@ -103,7 +109,9 @@ def run_with_fakes(tmp_path, script, exit_code):
     (fake / "requeued").unlink(missing_ok=True)
     path = tmp_path / "job.sbatch"
     path.write_text(script)
-    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", FAKE_DIR=str(fake), FAKE_EXIT=str(exit_code),
+    # a submitting shell that set no thread count (the script's default, --cpus-per-task, yields to an exported one)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PATH=f"{fake}:{os.environ['PATH']}", FAKE_DIR=str(fake), FAKE_EXIT=str(exit_code),
                SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node-[a-b]", SLURM_NNODES="2", RANK="7")
     out = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=60)
     return out, fake
@@ -125,8 +133,9 @@ def test_hostile_values_stay_literal_and_reach_training_intact(tmp_path):
     assert f"--job-name={sbatch_value(hostile, '--job-name')}" in script
 
 
-def test_srun_tasks_get_torch_ranks_and_the_first_node_as_master(tmp_path):
-    _, script = render(tmp_path, SlurmOptions(gpus_per_node=0, ntasks_per_node=2, cpus_per_task=3))
+@BOTH
+def test_srun_tasks_get_torch_ranks_and_the_first_node_as_master(tmp_path, config):
+    _, script = render(tmp_path, SlurmOptions(gpus_per_node=0, ntasks_per_node=2, cpus_per_task=3), config=config)
     out, fake = run_with_fakes(tmp_path, script, 0)
     assert out.returncode == 0, out.stderr
     rank, world, local, addr, port, threads = (fake / "train.env").read_text().split()
@@ -137,10 +146,11 @@ def test_srun_tasks_get_torch_ranks_and_the_first_node_as_master(tmp_path):
     assert "restart 0" in out.stdout
 
 
+@BOTH
 @pytest.mark.parametrize("exit_code, requeued, script_status", [(REQUEUE_EXIT_CODE, True, 0), (0, False, 0),
                                                                 (1, False, 1)])
-def test_requeue_happens_only_when_training_asks_for_it(tmp_path, exit_code, requeued, script_status):
-    _, script = render(tmp_path)
+def test_requeue_happens_only_when_training_asks_for_it(tmp_path, exit_code, requeued, script_status, config):
+    _, script = render(tmp_path, config=config)
     out, fake = run_with_fakes(tmp_path, script, exit_code)
     assert out.returncode == script_status, out.stdout + out.stderr
     assert (fake / "requeued").exists() == requeued
@@ -155,3 +165,36 @@ def test_frozen_config_reloads_to_the_submitted_run(tmp_path):
     frozen = load_config(spec.freeze())
     assert frozen.optim.lr == 7e-4 and frozen.model.gengram.window is None
     assert Path(frozen.run.dir) == spec.run_dir and Path(frozen.data.packs) == tmp_path / "packs/8k"
+
+
+def test_hnet_frozen_config_reloads_to_the_submitted_dnahnet(tmp_path):
+    """The job trains from RUN_DIR/slurm/config.yaml: the H-Net's nested layout, per-stage lists, ZeRO stage and
+    overrides must come back exactly, and the run must still pick the DeepSpeed engine."""
+    from nucleotron.configs import load_config
+    from nucleotron.train.engine import ENGINES
+
+    spec, _ = render(tmp_path, SlurmOptions(gpus_per_node=0, ntasks_per_node=2), config=HNET,
+                     overrides=["parallel.zero_stage=3", "model.hnet.target_ratios=[2,2]", "data.packs=packs/gtdb"])
+    frozen = load_config(spec.freeze())
+    assert frozen.model == spec.cfg.model and frozen.parallel == spec.cfg.parallel
+    assert frozen.model.arch == "hnet" and ENGINES[frozen.model.arch].endswith("deepspeed:DeepSpeedEngine")
+    assert frozen.model.hnet.layout == ["m1", ["T1m1", ["T2"], "m1T1"], "m1"]
+    assert frozen.model.hnet.target_ratios == [2.0, 2.0] and frozen.parallel.zero_stage == 3
+    assert frozen.train == spec.cfg.train and frozen.optim == spec.cfg.optim
+    assert Path(frozen.data.packs) == tmp_path / "packs/gtdb"
+
+
+def test_hnet_dry_run_checks_the_batch_against_the_process_count(tmp_path):
+    """`nucleotron launch slurm --dry-run` for a dnaHNet config: prints the script, and refuses, naming the
+    settings, a process count that does not divide its global batch (dnahnet-tiny: 4 sequences of 2 per rank)."""
+    import sys
+
+    base = [sys.executable, "-m", "nucleotron.launch.cli", "launch", "slurm", "--config", HNET, "--gpus-per-node",
+            "0", "--dry-run", f"run.dir={tmp_path / 'run'}"]
+    ok = subprocess.run([*base, "--ntasks-per-node", "2"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "#SBATCH --ntasks-per-node=2" in ok.stdout and "#SBATCH --requeue" in ok.stdout
+    bad = subprocess.run([*base, "--ntasks-per-node", "3"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "train.global_batch_size=4 is not divisible by train.micro_batch_size=2 x data-parallel size 3" in \
+        bad.stderr
