@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -58,9 +59,14 @@ def realised_shares(pack, tmp_path, samples=4000):
     return {g: counts[i] / counts.sum() for i, g in enumerate(groups)}
 
 
-def test_three_groups_get_their_declared_shares(genomes, tmp_path):
+@pytest.fixture(scope="module")
+def three(genomes):
     assert prep(genomes, "three.tsv", "--group-weights", "bacteria=5,archaea=3,phage=2", "--valid-chroms",
                 "chr20", out="three") == 0
+    return genomes / "three"
+
+
+def test_three_groups_get_their_declared_shares(genomes, three, tmp_path):
     manifest = load_manifest(str(genomes / "three"))
     assert manifest.groups == ["bacteria", "archaea", "phage"]
     assert manifest.group_weights == {"bacteria": 0.5, "archaea": 0.3, "phage": 0.2}
@@ -76,6 +82,23 @@ def test_three_groups_get_their_declared_shares(genomes, tmp_path):
     stats = pack_stats(str(genomes / "three"))
     assert stats["mix"]["train"]["verified"] and stats["mix"]["valid"]["declared_share"]["phage"] == 0.2
     assert "phage 0.2000 (verified against the declared group weights)" in format_stats(stats)
+
+
+def test_stats_refuse_a_blend_that_does_not_give_the_declared_shares(three, tmp_path):
+    from nucleotron.data_prep.errors import DataPrepError
+
+    copy = tmp_path / "pack"
+    shutil.copytree(three, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["group_weights"] = {"bacteria": 0.6, "archaea": 0.2, "phage": 0.2}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataPrepError, match=r"blend 'train': group 'bacteria' gets a token share of 0.500000000 "
+                                            r"under the blend but its declared weight is 0.600000000"):
+        pack_stats(str(copy))
+    manifest["group_weights"] = {"bacteria": 1.0, "archaea": 0.0, "phage": 0.0}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataPrepError, match="malformed manifest .*group_weights"):
+        load_manifest(str(copy))
 
 
 def test_one_prokaryote_group(genomes, tmp_path):
