@@ -82,5 +82,5 @@ def test_focus_score_and_bad_input(saved, capsys):
 def test_focus_help_and_unknown_subcommand(capsys):
     assert main(["--help"]) == 0
     assert "  score" in capsys.readouterr().out
-    assert main(["train"]) == 2
-    assert "nucleotron focus: unknown subcommand 'train'" in capsys.readouterr().err
+    assert main(["fit"]) == 2
+    assert "nucleotron focus: unknown subcommand 'fit'" in capsys.readouterr().err
