@@ -141,3 +141,32 @@ def test_statistics_per_stage(runs):
                                    for k in ("compression", "boundary_prob", "ratio_loss"))
     assert stats["hnet/stage1/compression"] >= 1 and stats["hnet/stage2/compression"] >= 1
     assert 0 < stats["hnet/stage1/boundary_prob"] < 1 and stats["hnet/stage1/ratio_loss"] > 0
+
+
+@pytest.mark.parametrize("files, stage, world, refusal", [
+    (["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+      "zero_pp_rank_1_mp_rank_00_optim_states.pt"], 2, 2, None),
+    (["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+      "zero_pp_rank_1_mp_rank_00_optim_states.pt"], 1, 1, "split over 2 data-parallel processes, this job has 1"),
+    (["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"], 3, 2,
+     "this job has 2, and DeepSpeed cannot re-split it: resume with 1 process$"),
+    (["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"], 1, 1,
+     "written with parallel.zero_stage=3, this run has parallel.zero_stage=1"),
+    (["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"], 3, 1,
+     "written with parallel.zero_stage=1 or 2, this run has parallel.zero_stage=3"),
+    (["mp_rank_00_model_states.pt"], 2, 1, "written with parallel.zero_stage=0"),
+])
+def test_a_resume_deepspeed_cannot_do_is_refused_naming_the_setting(tmp_path, files, stage, world, refusal):
+    """DeepSpeed 0.19 cannot re-split ZeRO optimizer state for another process count, nor convert ZeRO-3 files
+    (it stops with a traceback): the engine says so first, from the names of the files DeepSpeed wrote."""
+    from nucleotron.configs import ConfigError
+    from nucleotron.train.engines.deepspeed import CHECKPOINT_TAG, check_saved_layout
+
+    (tmp_path / CHECKPOINT_TAG).mkdir()
+    for name in files:
+        (tmp_path / CHECKPOINT_TAG / name).write_bytes(b"")
+    if refusal is None:
+        check_saved_layout(str(tmp_path), stage, world)
+    else:
+        with pytest.raises(ConfigError, match=refusal):
+            check_saved_layout(str(tmp_path), stage, world)

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import math
 import os
+import re
 import socket
 import warnings
 from datetime import timedelta
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nucleotron.configs import NucleotronConfig
+from nucleotron.configs import ConfigError, NucleotronConfig
 from nucleotron.model.flops import hnet_training_flops_per_token
 from nucleotron.model.hnet import HNetLM, parameter_groups
 
@@ -140,7 +141,8 @@ class DeepSpeedEngine:
         model = HNetLM(cfg.model.hnet, cfg.model.vocab_size, cfg.model.norm_eps).to(_device())
         groups = parameter_groups(model, o.weight_decay, cfg.model.hnet.lr_multipliers)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.deepspeed_config(sum(p.numel() for p in model.parameters())))
+        config = self.deepspeed_config(sum(p.numel() for p in model.parameters()))
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.module: HNetLM = self.engine.module
         self.eod = manifest.eod
         self.num_microbatches = self.engine.gradient_accumulation_steps()
@@ -242,6 +244,7 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, save_latest=False)
 
     def load(self, directory: str) -> None:
+        check_saved_layout(directory, self.cfg.parallel.zero_stage, self.data_parallel[1])
         with _weights_only_loading():
             path, _ = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_optimizer_states=True,
                                                   load_lr_scheduler_states=False)
@@ -304,6 +307,29 @@ class DeepSpeedEngine:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_saved_layout(directory: str, zero_stage: int, world_size: int) -> None:
+    """Refuse, naming the setting, a resume DeepSpeed cannot do (it would stop with a traceback): ZeRO optimizer
+    state is split per data-parallel rank and DeepSpeed 0.19 cannot re-split it for another process count, and
+    ZeRO-3 files (partitioned weights) are not ZeRO 0-2 files. Read from the names of DeepSpeed's own files."""
+    folder = os.path.join(directory, CHECKPOINT_TAG)
+    files = os.listdir(folder) if os.path.isdir(folder) else []
+    if not files:
+        return  # load() reports the missing checkpoint
+    ranks = {int(m.group(1)) for m in (re.match(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$", f)
+                                       for f in files) if m}
+    stage3 = any(re.match(r"zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$", f) for f in files)
+    saved = "3" if stage3 else "1 or 2" if ranks else "0"
+    if stage3 != (zero_stage == 3) or bool(ranks) != (zero_stage > 0):
+        raise ConfigError(f"{directory} was written with parallel.zero_stage={saved}, this run has "
+                          f"parallel.zero_stage={zero_stage}, and DeepSpeed cannot convert between them: resume "
+                          f"with the stage it was written with")
+    if ranks and len(ranks) != world_size:
+        weights = "" if stage3 else f" (a new run can start from its weights: checkpoint.init_from={directory})"
+        raise ConfigError(f"{directory} holds ZeRO-{saved} optimizer state split over {len(ranks)} data-parallel "
+                          f"processes, this job has {world_size}, and DeepSpeed cannot re-split it: resume with "
+                          f"{len(ranks)} process{'es' if len(ranks) > 1 else ''}{weights}")
 
 
 @contextlib.contextmanager
