@@ -60,9 +60,11 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert process.poll() is None, f"training ended early with {process.returncode}"
-        if (run_dir / "metrics.jsonl").exists() and any(
-                r["kind"] == "train" and r["step"] >= step for r in metrics(run_dir)):
-            return
+        try:
+            if any(r["kind"] == "train" and r["step"] >= step for r in metrics(run_dir)):
+                return
+        except (OSError, ValueError):  # not written yet, or a line caught half-written
+            pass
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached in {timeout} s")
 

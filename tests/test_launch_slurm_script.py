@@ -184,17 +184,15 @@ def test_hnet_frozen_config_reloads_to_the_submitted_dnahnet(tmp_path):
     assert Path(frozen.data.packs) == tmp_path / "packs/gtdb"
 
 
-def test_hnet_dry_run_checks_the_batch_against_the_process_count(tmp_path):
+def test_hnet_dry_run_checks_the_batch_against_the_process_count(tmp_path, capsys):
     """`nucleotron launch slurm --dry-run` for a dnaHNet config: prints the script, and refuses, naming the
     settings, a process count that does not divide its global batch (dnahnet-tiny: 4 sequences of 2 per rank)."""
-    import sys
+    from nucleotron.launch.slurm import main
 
-    base = [sys.executable, "-m", "nucleotron.launch.cli", "launch", "slurm", "--config", HNET, "--gpus-per-node",
-            "0", "--dry-run", f"run.dir={tmp_path / 'run'}"]
-    ok = subprocess.run([*base, "--ntasks-per-node", "2"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert "#SBATCH --ntasks-per-node=2" in ok.stdout and "#SBATCH --requeue" in ok.stdout
-    bad = subprocess.run([*base, "--ntasks-per-node", "3"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
+    base = ["--config", HNET, "--gpus-per-node", "0", "--dry-run", f"run.dir={tmp_path / 'run'}"]
+    assert main([*base, "--ntasks-per-node", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --ntasks-per-node=2" in out and "#SBATCH --requeue" in out
+    assert main([*base, "--ntasks-per-node", "3"]) == 2
     assert "train.global_batch_size=4 is not divisible by train.micro_batch_size=2 x data-parallel size 3" in \
-        bad.stderr
+        capsys.readouterr().err
