@@ -129,7 +129,8 @@ def test_engine_trains_only_the_adapter_through_ddp(pack, straight):
             assert engine.optimizer_step()[0]
         for name, p in model.base.named_parameters():
             assert torch.equal(p, frozen[name]), f"backbone {name} changed"
-        changed = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, adapter[name])]
+        changed = [name for name, p in model.named_parameters()
+                   if p.requires_grad and not torch.equal(p, adapter[name])]
         assert sorted(changed) == sorted(adapter), "every adapter tensor trains"
         assert engine.statistics()["focus/kl"] > 0
     finally:
@@ -163,3 +164,112 @@ def test_bad_focus_train_inputs_fail_with_a_message_naming_them(pack, straight, 
     engine = FocusEngine(load_config(FOCUS_YAML, [f"focus.base_checkpoint={straight}", "focus.window=128"]))
     with pytest.raises(ConfigError, match="focus.window=128 is not below the pack's sequence length 128"):
         engine._check_lengths(load_manifest(str(pack)))
+
+
+# ------------------------------------------------------------------ the functional claim (issue 19)
+
+KEY_REPEATS, SEQ, K, W = 7, 80, 8, 16   # the key fills the first k-mer but its EOD
+BASE_IDS = torch.tensor([8, 5, 6, 7])   # A C G T
+KEY_IDS, QUERY_ID = 20, 40              # ids no pack uses: key symbols 20..23, the query symbol 40
+
+
+def recall_batch(n: int, generator: torch.Generator):
+    """Key recall: EOD, a key symbol (one of 4) repeated KEY_REPEATS times, random bases, and late in the sequence
+    (positions SEQ-16..SEQ-2) a query symbol whose next base is the key's base. Only the query position depends on
+    the far past, and nothing near it reveals the key. Returns (ids [n, SEQ], query positions [n])."""
+    keys = torch.randint(0, 4, (n,), generator=generator)
+    ids = torch.cat([torch.full((n, 1), 12), (KEY_IDS + keys)[:, None].expand(n, KEY_REPEATS),
+                     BASE_IDS[torch.randint(0, 4, (n, SEQ - 1 - KEY_REPEATS), generator=generator)]], 1)
+    where = torch.randint(SEQ - 16, SEQ - 1, (n,), generator=generator)
+    rows = torch.arange(n)
+    ids[rows, where] = QUERY_ID
+    ids[rows, where + 1] = BASE_IDS[keys]
+    return ids, where
+
+
+def test_trained_adapter_halves_kl_and_beats_a_sliding_window_with_the_same_kv_budget():
+    """A tiny base model learns key recall (it really uses the far past: cut to a window, it fails); a FOCUS adapter
+    trained with the product's train_step must then carry the key in summary K/V across window ends: KL(base||focus)
+    at least halves and beats a sliding window that keeps as many K/V entries per layer as FOCUS's cache."""
+    import random
+
+    import torch.nn.functional as F
+
+    from nucleotron.configs import load_config
+    from nucleotron.infer.checkpoint import single_process_megatron
+    from nucleotron.infer.focus_stream import FocusStreamer
+    from nucleotron.model.focus import FocusModel
+    from nucleotron.model.focus.layout import Layout
+    from nucleotron.model.focus.train import adapter_optimizer, train_step
+    from nucleotron.model.gpt import build_gpt_model
+
+    vocab = {"PAD": 0, "C": 5, "G": 6, "T": 7, "A": 8, "N": 9, "EOD": 12}
+    cfg = load_config("configs/models/tiny.yaml", [
+        "model.num_layers=2", "model.gengram.layers=[]", "model.attention_backend=sdpa", f"focus.k={K}",
+        f"focus.window={W}", "focus.adapter_params=[q,k,v,o]", "focus.distill_kl=1.0", "focus.attention_kernel=sdpa"])
+    generator = torch.Generator().manual_seed(0)
+    with single_process_megatron(cfg):
+        torch.manual_seed(0)
+        base = build_gpt_model(cfg, vocab=vocab)
+        # The first layer's attention writes nothing, so the base looks the key up in layer 2. A summary's layer-1 K/V
+        # come from the summary embedding alone (no input reaches them yet): a lookup in layer 1 could not be
+        # compressed by any adapter, and real models look far back in their middle layers.
+        first = base.decoder.layers[0].self_attention
+        with torch.no_grad():
+            first.linear_proj.weight.zero_()
+        for p in first.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=3e-3)
+        positions = torch.arange(SEQ).expand(16, SEQ)
+        rows = torch.arange(16)
+        for _ in range(100):
+            ids, where = recall_batch(16, generator)
+            logits = base(ids, positions, None)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()) + \
+                3 * F.cross_entropy(logits[rows, where], ids[rows, where + 1])   # the rare recall, weighted up
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        model = FocusModel(base, cfg.focus)
+        held, held_where = recall_batch(32, torch.Generator().manual_seed(99))
+        streamer = FocusStreamer(model)
+        streamer.score(held[:1])
+        budget = streamer.max_entries   # K/V entries per layer FOCUS holds at most on these sequences
+        reach = cfg.model.num_layers * (budget - 1)   # how far back a sliding window of `budget` sees, over 2 layers
+        assert int(held_where.min()) - KEY_REPEATS > reach, "every query lies beyond the sliding window's reach"
+        band = torch.arange(SEQ)[:, None] - torch.arange(SEQ)[None, :]
+        window_mask = (band >= 0) & (band < budget)
+        plain = Layout(torch.arange(SEQ), torch.zeros(SEQ, dtype=torch.bool))
+        at = (torch.arange(32), held_where)
+
+        def measure():
+            """(KL focus, KL window, NLL base, NLL focus, NLL window) at the query positions, KL focus after the
+            first window."""
+            with torch.no_grad():
+                p = F.log_softmax(model.base_logits(held).float(), -1)
+                logits, layout = model(held)
+                q = F.log_softmax(logits[:, ~layout.is_summary].float(), -1)
+                r = F.log_softmax(model.run(held, plain, window_mask, 1 << 40, None).float(), -1)  # last `budget` K/V
+            answer = held[at[0], at[1] + 1]
+            kl_q, kl_r = (p.exp() * (p - q)).sum(-1), (p.exp() * (p - r)).sum(-1)
+            nll = [-x[at[0], at[1], answer].mean() for x in (p, q, r)]
+            return kl_q[at].mean(), kl_r[at].mean(), *nll, kl_q[:, W:].mean()
+
+        kl_focus0, kl_window, nll_base, _, nll_window, later0 = measure()
+        assert nll_base < 0.1 and nll_window > 1.0, f"the base recalls the key ({nll_base:.3f}), cut off it cannot " \
+                                                    f"({nll_window:.3f})"
+        optimizer, _ = adapter_optimizer(model, lr=1e-2)   # warmup, then down to 0 so the last steps settle
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10) * (1 - s / 150))
+        rng = random.Random(0)
+        for _ in range(150):
+            train_step(model, optimizer, recall_batch(16, generator)[0], schedule, rng)
+        kl_focus, _, _, nll_focus, _, later = measure()
+    report = (f"KL(base||focus) at the queries {kl_focus0:.3f} -> {kl_focus:.3f}, after the first window "
+              f"{later0:.4f} -> {later:.4f}; window of {budget}: KL {kl_window:.3f}, NLL {nll_window:.3f}; FOCUS NLL "
+              f"{nll_focus:.3f}")
+    print(report)   # pytest -s shows it
+    assert kl_focus <= 0.5 * kl_focus0 and later <= 0.5 * later0, report
+    assert kl_focus < kl_window and nll_focus < nll_window, report
+    assert nll_focus < 0.5 * torch.log(torch.tensor(4.0)), "the key crossed the window ends (not a uniform guess): " \
+                                                           + report

@@ -1,6 +1,7 @@
-"""One process's adapter training step, for the Python API and the tests (`nucleotron focus train` with data
-parallelism, checkpoints and resume is not built yet: it needs the trainer to accept this model through
-train/engine.py).
+"""One process's adapter training step on a batch of base ids in memory: for notebooks, the Python API and tests
+(tests/test_focus_train.py trains its functional-test adapter with it). Training on token packs, data-parallel, with
+checkpoints, exact resume, metrics and validation, is `nucleotron focus train` (train/engines/focus.py: the training
+loop's FOCUS engine, same objective through model/focus/loss.pack_batch_loss).
 
 Paper recipe (reference section 1.3): AdamW, lr 1e-4, weight decay 0.01, 200 warmup steps, only the summary
 embedding and the adapter projections train. With focus.k_sampling set, each step draws its k from that list.
