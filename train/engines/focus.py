@@ -11,8 +11,9 @@ are pretraining's. What differs from the megatron engine:
   excluded from DDP's broadcasts, every rank loads it from the checkpoint); model parallelism is refused;
 - the objective is FOCUS's (eq. 6 next real base at every position, plus focus.distill_kl x KL(base || focus));
   the reported loss and bits per base are the FOCUS model's on base positions, comparable with the base run's.
-The LR schedule is pretraining's (linear warmup from 0, cosine to optim.min_lr, as megatron's scheduler), and k
-under focus.k_sampling is drawn from (run.seed, step), so a resumed run replays the same k.
+Precision: fp32 throughout (train.precision=bf16 is not applied yet; the GPU path is untested). The LR schedule is
+pretraining's (linear warmup from 0, cosine to optim.min_lr, as megatron's scheduler), and k under focus.k_sampling
+is drawn from (run.seed, step), so a resumed run replays the same k.
 """
 from __future__ import annotations
 
@@ -186,6 +187,11 @@ class FocusEngine:
 
         cfg, o = self.cfg, self.cfg.optim
         self._check_lengths(manifest)
+        if cfg.train.precision != "fp32":
+            from ..log import logger
+
+            logger.info(f"train.precision={cfg.train.precision}: the FOCUS engine runs the frozen model and the "
+                        f"adapter in fp32 (bf16 is not applied here yet)")
         self.base_sha256 = checkpoint_digest(self.base_dir)
         base = build_gpt_model(cfg, vocab=manifest.vocab).to(device())
         with restricted_checkpoint_loading(self.base_dir):
