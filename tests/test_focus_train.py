@@ -166,6 +166,30 @@ def test_bad_focus_train_inputs_fail_with_a_message_naming_them(pack, straight, 
         engine._check_lengths(load_manifest(str(pack)))
 
 
+
+def test_a_focus_run_refuses_to_resume_with_other_settings_or_another_base(focus_run, straight, tmp_path):
+    from nucleotron.configs import ConfigError, load_config
+    from nucleotron.train.engines.focus import FocusEngine, checkpoint_digest
+
+    step8 = str(focus_run / "checkpoints" / "step-00000008")
+    engine = FocusEngine(load_config(FOCUS_YAML, [f"focus.base_checkpoint={straight}", "focus.k=16"]))
+    engine.base_sha256 = checkpoint_digest(engine.base_dir)
+    with pytest.raises(ConfigError, match=r"adapter.safetensors was trained with other FOCUS settings \(focus.k: "
+                                          r"checkpoint 8, config 16\)"):
+        engine._read_adapter(step8)
+    engine = FocusEngine(load_config(FOCUS_YAML, [f"focus.base_checkpoint={straight}"]))
+    engine.base_sha256 = "0" * 64   # what another checkpoint's content would give
+    with pytest.raises(ConfigError, match="was trained on the frozen checkpoint .* has other content"):
+        engine._read_adapter(step8)
+    changed = tmp_path / "base"
+    shutil.copytree(engine.base_dir, changed)
+    rng = changed / "rng" / "rank0.safetensors"
+    data = bytearray(rng.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rng.write_bytes(bytes(data))   # same size, other bytes
+    with pytest.raises(ConfigError, match="fails verification .* does not match the checksum"):
+        checkpoint_digest(str(changed))
+
 # ------------------------------------------------------------------ the functional claim (issue 19)
 
 KEY_REPEATS, SEQ, K, W = 7, 80, 8, 16   # the key fills the first k-mer but its EOD
