@@ -209,16 +209,15 @@ def save_weights(model, cfg: NucleotronConfig, vocab: Dict[str, int], out: str, 
     command reads it. Written as OUT.tmp, renamed when complete (call inside single_process_megatron)."""
     import shutil
 
-    from megatron.core import dist_checkpointing
-
     from nucleotron.configs import to_yaml
     from nucleotron.configs.files import write_json_atomic
+    from nucleotron.train.checkpoint import save_sharded
 
     out = os.path.abspath(out.rstrip("/"))
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, tmp)
+    save_sharded({"model": model.sharded_state_dict()}, tmp)
     write_json_atomic(os.path.join(tmp, STATE_FILE), {"format_version": 1, "kind": "weights", "step": step,
                                                       "config_yaml": to_yaml(cfg), "vocab": vocab})
     if os.path.exists(out):

@@ -1,13 +1,28 @@
-"""Run a function in N fresh gloo processes (spawned, so megatron's global state never leaks between tests)."""
+"""Run a function on N gloo ranks in spawned processes that stay up between tests.
+
+Starting a process that imports torch and megatron-core costs seconds of CPU, more than most of these tests' work,
+so each world size keeps one set of worker processes per test session and hands it one job after another. A job
+starts its own process group on a fresh port and must destroy it (and megatron's parallel state) before returning,
+as every worker in tests/megatron_workers.py does (`destroy_distributed()`). A job that raises, dies or times out
+takes its workers down with it; the next call starts fresh ones. `fresh=True` runs one job in new processes, for
+code that keeps global state of its own across a destroy (DeepSpeed's communication backend).
+"""
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import queue
 import socket
 import tempfile
+import traceback
 from pathlib import Path
+from typing import Dict, List
 
 import torch.multiprocessing as mp
+
+JOB_TIMEOUT_S = 600
+_CONTEXT = mp.get_context("spawn")
 
 
 def free_port() -> int:
@@ -16,18 +31,99 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank, world_size, port, out_dir, fn, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def _serve(rank: int, world_size: int, jobs, results) -> None:
     # Gengram takes its PyTorch path, as a CPU training run does: only the kernel's own tests run the interpreter.
     os.environ.pop("TRITON_INTERPRET", None)
-    result = fn(*args)
-    Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        fn, args, port, out_dir = job
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+        try:
+            Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(fn(*args)))
+        except BaseException:
+            results.put((rank, traceback.format_exc()))
+            return  # its state (process group, megatron globals) is unknown: this set of workers is finished
+        results.put((rank, None))
 
 
-def run_distributed(world_size: int, fn, *args):
+class _Workers:
+    """world_size spawned processes, rank r reading jobs from its own queue."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.results = _CONTEXT.Queue()
+        self.jobs = [_CONTEXT.Queue() for _ in range(world_size)]
+        self.processes = [_CONTEXT.Process(target=_serve, args=(r, world_size, self.jobs[r], self.results),
+                                           daemon=True) for r in range(world_size)]
+        for process in self.processes:
+            process.start()
+
+    def run(self, fn, args) -> List:
+        with tempfile.TemporaryDirectory() as out_dir:
+            port = free_port()
+            for rank_jobs in self.jobs:
+                rank_jobs.put((fn, args, port, out_dir))
+            failures = self._collect(fn)
+            if failures:
+                raise AssertionError(f"{fn.__name__} failed on {self.world_size} rank(s):\n" + "\n".join(failures))
+            return [pickle.loads(Path(out_dir, f"rank{r}.pkl").read_bytes()) for r in range(self.world_size)]
+
+    def _collect(self, fn) -> List[str]:
+        """Wait for every rank's report; the tracebacks of those that failed (or that died without a report)."""
+        pending, failures, waited = set(range(self.world_size)), [], 0.0
+        while pending and not failures:
+            try:
+                rank, error = self.results.get(timeout=1.0)
+            except queue.Empty:
+                waited += 1.0
+                dead = [r for r in pending if not self.processes[r].is_alive()]
+                if dead:
+                    failures.append(f"rank(s) {dead} exited ({[self.processes[r].exitcode for r in dead]})")
+                elif waited > JOB_TIMEOUT_S:
+                    failures.append(f"no result after {JOB_TIMEOUT_S} s")
+                continue
+            pending.discard(rank)
+            if error:
+                failures.append(f"--- rank {rank}\n{error}")
+        return failures
+
+    def close(self) -> None:
+        for process, rank_jobs in zip(self.processes, self.jobs):
+            if process.is_alive():
+                rank_jobs.put(None)
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+_WORKERS: Dict[int, _Workers] = {}
+
+
+def run_distributed(world_size: int, fn, *args, fresh: bool = False) -> List:
     """fn(*args) on every rank; returns the per-rank results in rank order (fn must be importable by name)."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size,
-                           join=True, start_method="spawn")
-        return [pickle.loads(Path(out_dir, f"rank{r}.pkl").read_bytes()) for r in range(world_size)]
+    if fresh:
+        workers = _Workers(world_size)
+        try:
+            return workers.run(fn, args)
+        finally:
+            workers.close()
+    workers = _WORKERS.get(world_size)
+    if workers is None:
+        workers = _WORKERS[world_size] = _Workers(world_size)
+    try:
+        return workers.run(fn, args)
+    except BaseException:
+        _WORKERS.pop(world_size, None)
+        workers.close()
+        raise
+
+
+@atexit.register
+def _close_all() -> None:
+    for workers in _WORKERS.values():
+        workers.close()
+    _WORKERS.clear()

@@ -189,6 +189,7 @@ def routing_stats(config_path: str, overrides, seq_len: int = 64, batch: int = 2
     from nucleotron.model.stats import model_stats, reset_model_stats
     from nucleotron.train.parallel import destroy_distributed
 
+    get_moe_layer_wise_logging_tracker().clear()  # process-global: an earlier job in this worker filled it
     _, model = _setup(config_path, overrides)
     routers = {m.layer_number: m for m in model.modules() if isinstance(m, TopKRouter)}
     inputs = {}

@@ -101,8 +101,8 @@ def one_stage(stage: int, checkpoint_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    one = run_distributed(1, worker, str(tmp_path_factory.mktemp("ds1")))
-    two = run_distributed(2, worker, str(tmp_path_factory.mktemp("ds2")))
+    one = run_distributed(1, worker, str(tmp_path_factory.mktemp("ds1")), fresh=True)
+    two = run_distributed(2, worker, str(tmp_path_factory.mktemp("ds2")), fresh=True)
     return one, two
 
 

@@ -45,6 +45,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or used; the message names the directory and what to do."""
 
 
+def save_sharded(state: dict, directory: str) -> None:
+    """megatron-core's `dist_checkpointing.save` (torch_dist, reshardable), synchronously, with the writer's results
+    kept in this process.
+
+    Its writer is built for asynchronous saves: it hands results back through a queue owned by a *spawned*
+    multiprocessing Manager, a fresh Python process per rank started at the first save (seconds of start-up, and
+    one more process per rank to go wrong). Our saves are synchronous, so the results never leave this process and
+    a plain in-process queue serves (megatron-core 0.16.1: `filesystem_async._results_queue`, read with
+    get_nowait)."""
+    import queue
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", None) is None:
+        filesystem_async._results_queue = queue.Queue()
+    dist_checkpointing.save(state, directory)
+
+
 @dataclass
 class TrainerState:
     """Everything besides tensors that an exact resume needs."""

@@ -26,6 +26,7 @@ from .. import loss as loss_accounting
 from ..loss import LossSums
 from ..optimizer import build_optimizer, hook_model_config, wrap_ddp
 from ..parallel import destroy_distributed, device, init_distributed
+from ..checkpoint import save_sharded
 from ..safe_load import restricted_checkpoint_loading
 
 
@@ -148,7 +149,7 @@ class MegatronEngine:
                 "optimizer": self.optimizer.sharded_state_dict(model_state, is_loading=is_loading)}
 
     def save(self, directory: str) -> None:
-        dist_checkpointing.save(self._sharded_state(is_loading=False), directory)
+        save_sharded(self._sharded_state(is_loading=False), directory)
 
     def load(self, directory: str) -> None:
         fresh = [{k: group[k] for k in ("max_lr", "min_lr") if k in group} for group in self.optimizer.param_groups]
