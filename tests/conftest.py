@@ -70,7 +70,17 @@ def straight(pack, tmp_path_factory):
     return run_dir
 
 
+# The slowest modules (they start training processes or a Slurm job), slowest first. pytest-xdist (`-n auto --dist
+# loadfile`, pyproject.toml) hands whole modules to its workers in collection order, so starting with these keeps
+# every worker busy to the end instead of leaving one long module for last.
+SLOW_MODULES = ("test_launch_e2e", "test_train_reliability", "test_train", "test_focus_train", "test_quickstart",
+                "test_hnet_score", "test_infer_trained", "test_hnet_resume", "test_analyze", "test_megatron_cpu",
+                "test_hnet_deepspeed", "test_kmer_kernel", "test_gengram_projected", "test_benchmarks")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable
     if HAS_CUDA:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run the suite on a GPU machine to include it)")
