@@ -28,8 +28,7 @@ class RunResult:
     last_step: Optional[int]  # last training step logged
     loss: Optional[float]
     bits_per_base: Optional[float]
-    human_loss: Optional[float]
-    nonhuman_loss: Optional[float]
+    group_losses: Dict[str, float]  # per data group (the pack's manifest names them: human, nonhuman, prokaryote...)
     paper: Optional[float]  # None when no (or no single) paper number applies
     paper_study: str  # e.g. "cross-arch", "layer-sweep/cross-arch" when ambiguous, "" when none
     note: str = ""
@@ -76,9 +75,14 @@ def summarize(run_dir: Path) -> RunResult:
     paper = refs[0].loss if len({ref.loss for ref in refs}) == 1 else None
     return RunResult(run=name, run_dir=str(run_dir), step=final.get("step"),
                      last_step=train[-1].get("step") if train else None, loss=final.get("loss"),
-                     bits_per_base=final.get("bits_per_base"), human_loss=final.get("human/loss"),
-                     nonhuman_loss=final.get("nonhuman/loss"), paper=paper,
+                     bits_per_base=final.get("bits_per_base"), group_losses=group_losses(final), paper=paper,
                      paper_study="/".join(dict.fromkeys(ref.study for ref in refs)), note="; ".join(notes))
+
+
+def group_losses(record: dict) -> Dict[str, float]:
+    """{group: loss} from a validation record's "<group>/loss" entries (whatever groups the run's pack had)."""
+    return {key[:-len("/loss")]: value for key, value in record.items()
+            if key.endswith("/loss") and key.count("/") == 1 and isinstance(value, (int, float))}
 
 
 def _fmt(value: Optional[float], spec: str = ".4f") -> str:
@@ -86,11 +90,12 @@ def _fmt(value: Optional[float], spec: str = ".4f") -> str:
 
 
 def table(results: List[RunResult]) -> str:
-    header = ("run", "step", "valid loss", "bits/base", "human", "nonhuman", "paper", "diff", "study", "note")
+    groups = list(dict.fromkeys(g for r in results for g in r.group_losses))  # every run's groups, first seen first
+    header = ("run", "step", "valid loss", "bits/base", *groups, "paper", "diff", "study", "note")
     names = [r.run for r in results]
     label = {id(r): r.run if names.count(r.run) == 1 else r.run_dir for r in results}  # same name: show the dir
     rows = [header] + [(label[id(r)], "-" if r.step is None else str(r.step), _fmt(r.loss), _fmt(r.bits_per_base),
-                        _fmt(r.human_loss), _fmt(r.nonhuman_loss), _fmt(r.paper), _fmt(r.delta, "+.4f"),
+                        *(_fmt(r.group_losses.get(g)) for g in groups), _fmt(r.paper), _fmt(r.delta, "+.4f"),
                         r.paper_study or "-", r.note) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

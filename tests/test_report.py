@@ -10,7 +10,8 @@ from nucleotron.launch.report import main
 EXPERIMENTS = "configs/experiments/ablations-50b"
 
 
-def make_run(root, name, config, overrides=(), valid_losses=(0.95,), torn_tail=False):
+def make_run(root, name, config, overrides=(), valid_losses=(0.95,), torn_tail=False,
+             group_offsets=(("human", -0.001), ("nonhuman", 0.001))):
     run_dir = root / name
     run_dir.mkdir()
     cfg = load_config(f"{EXPERIMENTS}/{config}", [f"run.name={name}", *overrides])
@@ -18,8 +19,9 @@ def make_run(root, name, config, overrides=(), valid_losses=(0.95,), torn_tail=F
     lines = []
     for i, loss in enumerate(valid_losses, start=1):
         lines.append(json.dumps({"kind": "train", "step": 100 * i, "loss": loss + 0.02, "lr": 1e-4}))
+        groups = {f"{group}/loss": loss + offset for group, offset in group_offsets}
         lines.append(json.dumps({"kind": "valid", "step": 100 * i, "loss": loss, "bits_per_base": loss * 1.4427,
-                                 "human/loss": loss - 0.001, "nonhuman/loss": loss + 0.001}))
+                                 **groups}))
     text = "\n".join(lines) + "\n"
     if torn_tail:
         text += '{"kind": "train", "step": 9'  # a job killed mid-write
@@ -52,6 +54,21 @@ def test_table_matches_runs_to_the_paper(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["run", "step", "valid", "loss"]
     assert any(line.startswith("moe-gqa-gengram") and "0.9447" in line and "+0.0053" in line for line in table)
+
+
+def test_group_columns_are_the_groups_the_runs_validated(tmp_path, capsys):
+    """A one-group (prokaryote) and a three-group pack: the table's group columns are what the runs logged."""
+    one = make_run(tmp_path, "gtdb", "moe-1.2b-gqa.yaml", group_offsets=(("prokaryote", 0.0),))
+    three = make_run(tmp_path, "mix", "moe-1.2b-gqa.yaml", valid_losses=(0.9,),
+                     group_offsets=(("a", -0.01), ("b", 0.0), ("c", 0.02)))
+    assert main([str(one), str(three), "--json"]) == 0
+    rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["gtdb"]["group_losses"] == {"prokaryote": 0.95}
+    assert rows["mix"]["group_losses"] == pytest.approx({"a": 0.89, "b": 0.9, "c": 0.92})
+    assert main([str(one), str(three)]) == 0
+    header, gtdb, mix = capsys.readouterr().out.splitlines()
+    assert header.split()[5:9] == ["prokaryote", "a", "b", "c"] and "human" not in header
+    assert gtdb.split()[4:8] == ["0.9500", "-", "-", "-"] and mix.split()[4:8] == ["-", "0.8900", "0.9000", "0.9200"]
 
 
 def test_same_setting_in_two_studies_is_decided_by_the_tags():
