@@ -17,6 +17,8 @@ from nucleotron.data_prep.synthetic import make_genome, write_fasta
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 CONFIG = "configs/experiments/tiny-cpu.yaml"
+HNET = "configs/models/dnahnet-tiny.yaml"  # dnaHNet through DeepSpeed: the same launcher, script and requeue
+HNET_TRAIN = ["train.max_steps=40", "checkpoint.every=4", "train.log_every=1", "train.eval_every=40"]  # mid-run requeue
 STEPS = 60  # long enough that each signal in the requeue test lands mid-run on a fast machine
 TRAIN = [f"train.max_steps={STEPS}", "checkpoint.every=4", "train.log_every=1", f"train.eval_every={STEPS}"]
 
@@ -52,10 +54,11 @@ def train_losses(run_dir: Path):
 class Background:
     """A command that runs while other tests go on (the Slurm job's requeue waits leave the CPUs idle)."""
 
-    def __init__(self, args, log: Path):
+    def __init__(self, args, log: Path, **env_vars: str):
         self.log = log
         with open(log, "w") as handle:  # a file, not a pipe: nobody reads while it runs
             env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as nucleotron() does
+            env.update(env_vars)
             self.proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, timeout=600) -> None:
@@ -167,6 +170,30 @@ def test_slurm_job_requeues_resumes_and_matches_uninterrupted_run(reference, slu
     want_losses, want_valid = train_losses(reference())
     assert got_losses == want_losses
     assert got_valid == want_valid
+
+
+def test_a_dnahnet_job_requeues_and_resumes_like_a_gpt_job(slurm, packs, tmp_path):
+    """A DeepSpeed-engine run submitted with `launch slurm`, requeued from outside after its first checkpoint,
+    finishes with the losses of a straight `nucleotron train` run of the same config."""
+    straight = Background(["nucleotron", "train", "--config", HNET, f"data.packs={packs}",
+                           f"run.dir={tmp_path / 'straight'}", *HNET_TRAIN], tmp_path / "straight.log",
+                          OMP_NUM_THREADS="1")  # as the batch script sets it for one CPU per task: same sums
+    run_dir = tmp_path / "run"
+    out = nucleotron("launch", "slurm", "--config", HNET, "--gpus-per-node", "0", "--ntasks-per-node", "1",
+                     "--time", "15", "--job-name", "e2e-hnet", f"data.packs={packs}", f"run.dir={run_dir}",
+                     *HNET_TRAIN, env=slurm.env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    wait_for(lambda: latest_step(run_dir) >= 4, "the first checkpoint", 240, slurm)
+    slurm.run("scontrol", "requeue", job)
+    wait_for(lambda: slurm.job(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+             "the job to finish", 300, slurm)
+    text = (run_dir / "slurm" / f"slurm-{job}.out").read_text(errors="replace")
+    state = slurm.job(job)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text[-4000:]
+    assert "SLURM_RESTART_COUNT=1" in text and "arch: hnet" in (run_dir / "config.yaml").read_text()
+    straight.wait()
+    assert train_losses(run_dir) == train_losses(tmp_path / "straight")
 
 
 def test_launch_local_trains_with_two_processes(reference):
