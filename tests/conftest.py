@@ -6,7 +6,9 @@ nucleotron.kernels module is imported: on a machine without CUDA the Triton kern
 import importlib
 import os
 import pkgutil
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,22 +54,39 @@ def no_rendezvous_leftovers():
             os.environ[name] = value
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """build(directory) once per test session, also across pytest-xdist's worker processes: the first worker to ask
+    builds it in the session's shared temporary root under a file lock, the others wait and reuse it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' temporary roots are siblings under one per-session directory
+    directory = root / name
+    with FileLock(str(directory) + ".lock"):
+        if not (directory / ".built").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            build(directory)
+            (directory / ".built").touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def pack(tmp_path_factory):
-    """The tiny two-group pack (seq_len 128, valid split chr20) that the training tests share."""
+    """The tiny two-group pack (seq_len 128, valid split chr20) that the training tests share (read-only)."""
     from train_runs import make_pack
 
-    return make_pack(tmp_path_factory.mktemp("train-data"))
+    return built_once(tmp_path_factory, "train-data", make_pack) / "pack"
 
 
 @pytest.fixture(scope="session")
 def straight(pack, tmp_path_factory):
-    """The uninterrupted 8-step tiny run every resumed or repaired run must reproduce bit for bit."""
+    """The uninterrupted 8-step tiny run every resumed or repaired run must reproduce bit for bit (read-only: copy
+    it before changing anything in it)."""
     from train_runs import run_train
 
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run_train(pack, run_dir)
-    return run_dir
+    return built_once(tmp_path_factory, "straight", lambda directory: run_train(pack, directory / "run")) / "run"
 
 
 # The slowest modules (they start training processes or a Slurm job), slowest first. pytest-xdist (`-n auto --dist
@@ -76,6 +95,12 @@ def straight(pack, tmp_path_factory):
 SLOW_MODULES = ("test_launch_e2e", "test_train_reliability", "test_train", "test_focus_train", "test_quickstart",
                 "test_hnet_score", "test_infer_trained", "test_hnet_resume", "test_analyze", "test_megatron_cpu",
                 "test_hnet_deepspeed", "test_kmer_kernel", "test_gengram_projected", "test_benchmarks")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core plus one (at most 8), because many tests spend their time waiting on a training
+    subprocess or a Slurm job; the extra worker fills the core such a wait leaves idle."""
+    return min(8, (os.cpu_count() or 1) + 1)
 
 
 def pytest_collection_modifyitems(config, items):
