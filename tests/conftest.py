@@ -97,12 +97,6 @@ SLOW_MODULES = ("test_launch_e2e", "test_train_reliability", "test_train", "test
                 "test_hnet_deepspeed", "test_kmer_kernel", "test_gengram_projected", "test_benchmarks")
 
 
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core plus one (at most 8), because many tests spend their time waiting on a training
-    subprocess or a Slurm job; the extra worker fills the core such a wait leaves idle."""
-    return min(8, (os.cpu_count() or 1) + 1)
-
-
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_MODULES)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable
