@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
 import re
 import socket
@@ -33,6 +32,7 @@ from nucleotron.model.hnet import HNetLM, parameter_groups
 
 from .. import loss as loss_accounting
 from ..loss import LossSums
+from ..schedule import cosine_lr
 
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes <checkpoint dir>/deepspeed/...
 
@@ -58,16 +58,6 @@ def _env_for_one_process_or_srun() -> None:
         os.environ["MASTER_PORT"] = str(_free_port())
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-
-
-def cosine_lr(step: int, base: float, minimum: float, warmup: int, decay_end: int) -> float:
-    """megatron's OptimizerParamScheduler (init_lr 0, cosine), as a function of completed optimizer steps."""
-    if warmup > 0 and step <= warmup:
-        return base * step / warmup
-    if step > decay_end:
-        return minimum
-    ratio = (step - warmup) / max(1, decay_end - warmup)
-    return minimum + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (base - minimum)
 
 
 class DeepSpeedEngine:

@@ -38,6 +38,7 @@ from .. import checkpoint as ckpt
 from ..loss import LossSums
 from ..optimizer import schedule_steps
 from ..parallel import destroy_distributed, device, init_distributed
+from ..schedule import cosine_lr
 
 ADAPTER_FILE = os.path.join("focus", "adapter.safetensors")
 OPTIMIZER_FILE = os.path.join("focus", "optimizer.safetensors")
@@ -110,16 +111,6 @@ class _Objective(torch.nn.Module):
         cfg = self.focus.cfg
         logits, layout = self.focus(tokens, k=k)
         return pack_batch_loss(logits, layout, labels, loss_mask, eod, cfg.summary_loss, cfg.distill_kl, teacher)
-
-
-def cosine_lr(step: int, base: float, minimum: float, warmup: int, decay_end: int) -> float:
-    """megatron's OptimizerParamScheduler (init_lr 0, cosine) after `step` completed optimizer steps."""
-    if warmup > 0 and step <= warmup:
-        return base * step / warmup
-    if step > decay_end:
-        return minimum
-    ratio = (step - warmup) / max(1, decay_end - warmup)
-    return minimum + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (base - minimum)
 
 
 class FocusEngine:
