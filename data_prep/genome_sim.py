@@ -31,7 +31,6 @@ rounded from the papers' abstracts and reviews, not re-derived from their tables
 - tandem gene-family duplications: ~14% of human genes lie in tandem arrays (Shoja & Zhang 2006, Mol Biol Evol);
   here an array is a gene followed by 1-3 copies of itself (same strand, 2-20% diverged, 1-5 kb apart).
 """
-"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,11 +54,17 @@ class RepeatFamily:
     poly_a_tail: bool = False  # retrotransposons (SINE, LINE) end in an A-rich tail
     truncate_5prime: bool = False  # LINE copies are mostly 5'-truncated: they keep a 3' piece of the consensus
     inverted_ends: int = 0  # DNA transposons: terminal inverted repeats of this length
+    parent: str = ""  # a subfamily: its consensus is the parent family's with parent_divergence of changes
+    parent_divergence: float = 0.0
 
 
 # Human genome shares (Lander et al. 2001; RepeatMasker summaries of GRCh38); consensus lengths shortened for LINE.
 HUMAN_REPEATS = (
-    RepeatFamily("SINE/Alu", 300, 0.10, (0.02, 0.15), gc=0.55, poly_a_tail=True),
+    RepeatFamily("SINE/AluJ", 300, 0.015, (0.12, 0.20), gc=0.55, poly_a_tail=True),
+    RepeatFamily("SINE/AluS", 300, 0.060, (0.05, 0.12), gc=0.55, poly_a_tail=True, parent="SINE/AluJ",
+                 parent_divergence=0.05),
+    RepeatFamily("SINE/AluY", 300, 0.025, (0.02, 0.05), gc=0.55, poly_a_tail=True, parent="SINE/AluS",
+                 parent_divergence=0.02),
     RepeatFamily("SINE/MIR", 260, 0.025, (0.20, 0.30), gc=0.48),
     RepeatFamily("LINE/L1", 3000, 0.16, (0.03, 0.25), gc=0.40, poly_a_tail=True, truncate_5prime=True),
     RepeatFamily("LTR/ERV", 450, 0.08, (0.05, 0.20), gc=0.45),
@@ -67,6 +72,8 @@ HUMAN_REPEATS = (
 )
 SIMPLE_REPEAT_FRACTION = 0.010  # microsatellites (TRF)
 LOW_COMPLEXITY_FRACTION = 0.005  # poly-A/T and purine/pyrimidine-rich tracts (dust)
+ALPHA_MONOMER = 171  # bp
+HSAT_UNIT = b"CATTC"
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,20 @@ class GenomeDesign:
     gap_len: Tuple[int, int] = (150, 800)
     substitutions: float = 0.012  # second species vs first
     indels: float = 0.0015
+    alpha_satellite_share: float = 0.03  # of each chromosome, in its centromeric block
+    alpha_hor_monomers: Tuple[int, int] = (4, 17)  # monomers per higher-order repeat (upper bound exclusive)
+    alpha_monomer_divergence: Tuple[float, float] = (0.10, 0.20)  # each HOR monomer from the family consensus
+    alpha_hor_divergence: Tuple[float, float] = (0.01, 0.03)  # each HOR copy from the chromosome's HOR
+    hsat_share: float = 0.03  # CATTC-like human satellite 2/3 arrays, flanking the alpha array
+    hsat_divergence: float = 0.10
+    segdup_share: float = 0.05
+    segdup_len: Tuple[int, int] = (1_000, 20_000)  # log-uniform
+    segdup_divergence: Tuple[float, float] = (0.005, 0.10)
+    segdup_intrachromosomal: float = 2 / 3
+    tandem_gene_share: float = 0.14  # share of genes that belong to a tandem array
+    tandem_copies: Tuple[int, int] = (1, 4)  # copies after the first gene of an array (upper bound exclusive)
+    tandem_divergence: Tuple[float, float] = (0.02, 0.20)
+    tandem_spacing: Tuple[int, int] = (1_000, 5_000)
 
 
 def _bases(rng: np.random.Generator, n: int, gc: float) -> np.ndarray:
@@ -186,6 +207,7 @@ class _Builder:
                  consensus: Dict[str, bytes]):
         self.rng, self.design, self.consensus = rng, design, consensus
         self.codon_usage, self.codons = codon_usage, codons
+        self.finished: List[bytes] = []  # earlier chromosomes: sources of interchromosomal duplications
         self.kinds = [(f.fraction, self.mean_copy_len(f), f) for f in design.repeats]
         self.kinds += [(SIMPLE_REPEAT_FRACTION, 39.0, "simple"), (LOW_COMPLEXITY_FRACTION, 40.0, "low")]
         self.kinds.append((1.0 - sum(k[0] for k in self.kinds), 225.0, "background"))
@@ -291,12 +313,88 @@ class _Builder:
                 out.add(background(self.rng, int(self.rng.integers(50, 400)), self.design))
         return out
 
-    def chromosome(self, length: int) -> Tuple[bytes, List[Feature]]:
-        """Genes separated by design.gene_gap bases of filler, then assembly gaps and a few isolated N's."""
+    def satellite_block(self, length: int) -> Track:
+        """A centromere: an alpha-satellite array of this chromosome's higher-order repeat between two human
+        satellite (CATTC-like) arrays, all soft-masked."""
+        d = self.design
+        hsat = int(length * d.hsat_share / (d.hsat_share + d.alpha_satellite_share))
+        out = self.hsat_array(hsat // 2)
+        out.extend(self.alpha_array(length - hsat))
+        return out.extend(self.hsat_array(hsat - hsat // 2))
+
+    def alpha_array(self, length: int) -> Track:
+        """Copies (1-3% diverged) of a higher-order repeat made of 4-16 diverged 171-bp monomers."""
         d, rng = self.design, self.rng
-        out = self.filler(int(rng.integers(0, 3000))).extend(self.gene())
+        monomer = self.consensus["alpha"]
+        hor = b"".join(mutate(rng, monomer, float(rng.uniform(*d.alpha_monomer_divergence)), indels=0.0)
+                       for _ in range(int(rng.integers(*d.alpha_hor_monomers))))
+        copies = -(-length // len(hor))
+        array = b"".join(mutate(rng, hor, float(rng.uniform(*d.alpha_hor_divergence)), indels=0.1)
+                         for _ in range(copies))[:length]
+        strand = "-" if rng.random() < 0.5 else "+"
+        array = array if strand == "+" else reverse_complement(array)
+        return Track().add(array.lower(), kind="satellite", strand=strand, name=f"alpha-HOR-{len(hor) // ALPHA_MONOMER}mer")
+
+    def hsat_array(self, length: int) -> Track:
+        array = mutate(self.rng, (HSAT_UNIT * (length // len(HSAT_UNIT) + 1))[:length], self.design.hsat_divergence,
+                       indels=0.1)
+        return Track().add(array.lower(), kind="satellite", name="HSat2/3")
+
+    def segmental_duplication(self, chromosome_so_far: bytes) -> Track:
+        """A diverged copy, in either orientation, of a 1-20 kb piece of this chromosome (2/3) or an earlier one;
+        nothing when no source is long enough yet."""
+        d, rng = self.design, self.rng
+        length = int(np.exp(rng.uniform(np.log(d.segdup_len[0]), np.log(d.segdup_len[1]))))
+        pools = [chromosome_so_far, b"".join(self.finished)]
+        if rng.random() >= d.segdup_intrachromosomal:
+            pools.reverse()
+        source = next((pool for pool in pools if len(pool) >= 2 * length), None)
+        if source is None:
+            return Track()
+        start = int(rng.integers(0, len(source) - length))
+        copy = mutate(rng, source[start:start + length], float(rng.uniform(*d.segdup_divergence)), indels=0.1)
+        strand = "-" if rng.random() < 0.5 else "+"
+        copy = copy if strand == "+" else reverse_complement(copy)
+        return Track().add(copy, kind="segmental_duplication", strand=strand)
+
+    def tandem_array_copies(self) -> int:
+        """How many copies follow this gene: arrays start with the probability that puts tandem_gene_share of all
+        genes in arrays (an array holds 1 + mean copies genes)."""
+        d = self.design
+        size = 1 + (d.tandem_copies[0] + d.tandem_copies[1] - 1) / 2
+        start = d.tandem_gene_share / (size - d.tandem_gene_share * (size - 1))
+        return int(self.rng.integers(*d.tandem_copies)) if self.rng.random() < start else 0
+
+    def gene_or_array(self) -> Track:
+        """A gene, sometimes followed by diverged copies of itself on the same strand (a tandem gene family)."""
+        d, rng = self.design, self.rng
+        gene = self.gene()
+        strand = next(f.strand for f in gene.features if f.kind == "gene")
+        out = Track().extend(gene)
+        for _ in range(self.tandem_array_copies()):
+            copy = mutate(rng, gene.seq(), float(rng.uniform(*d.tandem_divergence)), indels=0.1)
+            out.extend(self.filler(int(rng.integers(*d.tandem_spacing))))
+            out.add(copy, kind="gene_paralog", strand=strand)
+        return out
+
+    def chromosome(self, length: int) -> Tuple[bytes, List[Feature]]:
+        """Genes (some in tandem arrays, segmental duplications next to some) separated by design.gene_gap bases
+        of filler, a satellite block 30-70% along, then assembly gaps and a few isolated N's."""
+        d, rng = self.design, self.rng
+        satellites = int(length * (d.alpha_satellite_share + d.hsat_share))
+        centromere_at = int(length * rng.uniform(0.3, 0.7))
+        out = self.filler(int(rng.integers(0, 3000))).extend(self.gene_or_array())
+        duplicated = 0
         while out.length < length:
-            out.extend(self.filler(int(rng.integers(*d.gene_gap)))).extend(self.gene())
+            if satellites and out.length >= centromere_at:
+                out.extend(self.satellite_block(satellites))
+                satellites = 0
+            out.extend(self.filler(int(rng.integers(*d.gene_gap))))
+            if duplicated < d.segdup_share * out.length:
+                piece = self.segmental_duplication(out.seq())
+                duplicated += piece.length
+                out.extend(piece)
+            out.extend(self.gene_or_array())
         seq = bytearray(out.seq()[:length])
         features = [f for f in out.features if f.end <= length]
         for _ in range(d.gaps_per_chrom):
@@ -307,6 +405,7 @@ class _Builder:
             features.append(Feature(start, start + run, "gap"))
         for at in rng.integers(0, length, 3):
             seq[int(at)] = ord("N")
+        self.finished.append(bytes(seq))
         return bytes(seq), sorted(features, key=lambda f: (f.start, -f.end))
 
 
@@ -344,7 +443,11 @@ def _codon_table(rng: np.random.Generator) -> Tuple[List[bytes], np.ndarray]:
     return codons, usage
 
 
-def make_consensus(rng: np.random.Generator, family: RepeatFamily, cpg_ratio: float) -> bytes:
+def make_consensus(rng: np.random.Generator, family: RepeatFamily, cpg_ratio: float,
+                   made: Dict[str, bytes]) -> bytes:
+    """A family's consensus: random (human-like GC and CpG) or, for a subfamily, its parent's with changes."""
+    if family.parent:
+        return mutate(rng, made[family.parent], family.parent_divergence, indels=0.0)
     seq = bytearray(_deplete_cpg(rng, _bases(rng, family.length, family.gc), cpg_ratio).tobytes())
     if family.inverted_ends:
         k = family.inverted_ends
@@ -361,7 +464,10 @@ def simulate_species(seed: int, chromosomes: Dict[str, int], design: GenomeDesig
     is the first with design.substitutions point substitutions and design.indels small indels per base."""
     rng = np.random.default_rng(seed)
     codons, usage = _codon_table(rng)
-    consensus = {f.name: make_consensus(rng, f, design.cpg_ratio) for f in design.repeats}
+    consensus: Dict[str, bytes] = {}
+    for family in design.repeats:
+        consensus[family.name] = make_consensus(rng, family, design.cpg_ratio, consensus)
+    consensus["alpha"] = _bases(rng, ALPHA_MONOMER, 0.38).tobytes()  # AT-rich, like alpha satellite
     builder = _Builder(rng, design, usage, codons, consensus)
     built = {name: builder.chromosome(length) for name, length in chromosomes.items()}
     first = {name: seq for name, (seq, _) in built.items()}
