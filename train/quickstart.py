@@ -6,6 +6,8 @@
 2. runs `nucleotron data prep` on it (train split, chr5 held out for validation);
 3. runs `nucleotron train` for each seed and each arm of configs/experiments/quickstart.yaml: a baseline without
    Gengram and the same model with Gengram (with --moe: the MoE preset, quickstart-moe.yaml), W&B in offline mode;
+   --jobs of them at a time (default: one per usable core), each with its share of the cores as OMP_NUM_THREADS
+   and its output in <run dir>/train.log;
 4. prints the held-out loss and bits/base of both arms as mean and spread over seeds, the per-seed difference, and
    draws the learning curves of both arms into one PNG (with --moe also the routers' load-balancing loss).
 
@@ -16,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from nucleotron.configs import CONFIG_ROOT
 from nucleotron.configs.files import write_atomic
@@ -60,6 +67,108 @@ def _run(command: List[str]) -> None:
 
 def _nucleotron(*args: str) -> List[str]:
     return [sys.executable, "-m", "nucleotron.launch.cli", *args]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One `nucleotron train` of the quickstart: an arm at a seed, its command and where its output goes."""
+
+    name: str
+    run_dir: Path
+    command: List[str]
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "train.log"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_jobs(requested: Optional[int], runs: int, cores: int) -> "tuple[int, int]":
+    """(concurrent trainings, threads each): by default one training per core, never more than there are runs;
+    the cores are shared out evenly, at least one thread each."""
+    jobs = max(1, min(requested or cores, runs))
+    return jobs, max(1, cores // jobs)
+
+
+def child_environment(threads: int) -> Dict[str, str]:
+    """The trainings' environment: the thread count set explicitly, whatever the caller's shell exported."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
+def shown_command(run: TrainingRun, threads: int) -> str:
+    """The line a user would type for this training, its output redirected to the run's log."""
+    args = ["nucleotron"] + run.command[3:]
+    return f"OMP_NUM_THREADS={threads} {shlex.join(args)} > {shlex.quote(str(run.log))} 2>&1"
+
+
+class _Stopped(Exception):
+    """SIGTERM reached the quickstart: its trainings are stopped before it exits."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped()
+
+
+def _stop(children: Dict[subprocess.Popen, TrainingRun], grace_s: float = 30.0) -> None:
+    """SIGTERM every running training (each saves a checkpoint and exits), then kill what is left after grace_s."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def train_all(runs: List[TrainingRun], jobs: int, threads: int, poll_s: float = 0.5) -> None:
+    """Train `runs`, `jobs` at a time. Commands are printed first, in run order; a note per finished run follows,
+    also in run order (a run that ends early waits for the ones before it), so the output does not depend on
+    timing. A failed training stops the others and names its log; so do Ctrl-C and SIGTERM."""
+    print(f"\ntraining {len(runs)} run(s), {jobs} at a time with {threads} thread(s) each; each run's output "
+          f"goes to its train.log:", flush=True)
+    for run in runs:
+        print(f"$ {shown_command(run, threads)}", flush=True)
+    env = child_environment(threads)
+    pending, running, ended = list(runs), {}, {}
+    started: Dict[str, float] = {}
+    noted = 0
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                run = pending.pop(0)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run.log, "w") as log:
+                    running[subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)] = run
+                started[run.name] = time.monotonic()
+            time.sleep(poll_s)
+            for child in [c for c in running if c.poll() is not None]:
+                run = running.pop(child)
+                ended[run.name] = (child.returncode, time.monotonic() - started[run.name])
+                if child.returncode != 0:
+                    raise SystemExit(f"nucleotron quickstart: training {run.name} failed with exit status "
+                                     f"{child.returncode}; its output: {run.log}")
+            while noted < len(runs) and runs[noted].name in ended:
+                run = runs[noted]
+                noted += 1
+                print(f"[{noted}/{len(runs)}] {run.name} finished in {ended[run.name][1]:.0f} s ({run.log})",
+                      flush=True)
+    except (KeyboardInterrupt, _Stopped):
+        _stop(running)
+        raise SystemExit("nucleotron quickstart: interrupted; the trainings were stopped (re-run to resume them)")
+    finally:
+        _stop(running)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _final_validation(run_dir: Path) -> Dict[str, float]:
@@ -108,11 +217,16 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--steps", type=int, help="training steps per model (default: the preset's train.max_steps)")
     parser.add_argument("--genome-mb", type=float, default=2.0, help="synthetic genome size in Mb (default 2)")
     parser.add_argument("--seq-len", type=int, default=256, help="pack sequence length (default 256)")
+    parser.add_argument("--jobs", type=int,
+                        help="trainings run at the same time (default: one per usable core, at most one per run); "
+                             "each gets cores // jobs threads")
     parser.add_argument("--wandb", choices=("offline", "off"), default="offline",
                         help="W&B logging of the runs (default offline: no account or network needed)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
 
     from nucleotron.configs import load_config
     from nucleotron.launch.plot import PlotError
@@ -134,12 +248,15 @@ def main(argv: List[str]) -> int:
     if args.wandb == "offline":
         common += ["logging.wandb=true", "logging.wandb_mode=offline", "logging.wandb_project=nucleotron-quickstart"]
     runs: Dict[str, List[Path]] = {arm: [] for arm in ARMS}
+    trainings = []
     for seed in range(1, args.seeds + 1):
         for arm, extra in ARMS.items():
             run_dir = out / "runs" / preset / f"{arm}-seed{seed}"
-            _run(_nucleotron("train", "--config", str(config), f"run.dir={run_dir}",
-                             f"run.name={preset}-{arm}-seed{seed}", f"run.seed={seed}", *common, *extra))
+            trainings.append(TrainingRun(f"{arm}-seed{seed}", run_dir, _nucleotron(
+                "train", "--config", str(config), f"run.dir={run_dir}", f"run.name={preset}-{arm}-seed{seed}",
+                f"run.seed={seed}", *common, *extra)))
             runs[arm].append(run_dir)
+    train_all(trainings, *plan_jobs(args.jobs, len(trainings), usable_cores()))
 
     results = {arm: [_final_validation(d) for d in dirs] for arm, dirs in runs.items()}
     plot = out / f"{preset}-curves.png"
