@@ -1,16 +1,22 @@
 """`nucleotron quickstart` end to end, shortened: genome -> pack -> both arms -> the summary over seeds and the plot."""
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
+import pytest
+
+from nucleotron.train.quickstart import TrainingRun, child_environment, plan_jobs, train_all
 from train_runs import training_env
 
 
 def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     out = tmp_path / "qs"
     command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "6",
-               "--genome-mb", "0.4", "--seq-len", "128", "--seeds", "2"]
+               "--genome-mb", "0.4", "--seq-len", "128", "--seeds", "2", "--jobs", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((out / "packs" / "seq128" / "manifest.json").read_text())
@@ -26,6 +32,16 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
             assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
             assert f"run.seed={seed}" in result.stdout  # the printed training commands
     assert "model.gengram.layers=[]" in result.stdout
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    names = [f"{arm}-seed{seed}" for seed in (1, 2) for arm in ("baseline", "gengram")]
+    commands = [line for line in result.stdout.splitlines() if line.startswith("$ OMP_NUM_THREADS=")]
+    assert [c.split("run.name=quickstart-")[1].split()[0] for c in commands] == names
+    assert all(c.startswith(f"$ OMP_NUM_THREADS={threads} nucleotron train ") for c in commands)
+    notes = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [n.split()[1] for n in notes] == names  # one note per run, in run order whatever finished first
+    for name in names:
+        log = out / "runs" / "quickstart" / name / "train.log"
+        assert f"> {log} 2>&1" in result.stdout and "step" in log.read_text()
     table = result.stdout[result.stdout.index("validation after 6 steps"):]
     for arm, runs in finals.items():
         losses = [r["loss"] for r in runs]
@@ -95,3 +111,71 @@ def test_mutate_rate_and_transition_share():
     assert 0.010 < len(diff) / len(seq) < 0.014
     assert 0.63 < transitions / len(diff) < 0.70  # transitions : transversions = 2 : 1, as in human variation
     assert mutate(rng, seq.lower(), 0.05, indels=0.0).islower()
+
+
+def test_jobs_default_to_one_per_core_and_share_the_cores():
+    assert plan_jobs(None, runs=4, cores=2) == (2, 1)
+    assert plan_jobs(None, runs=1, cores=2) == (1, 2)  # never more trainings than runs
+    assert plan_jobs(1, runs=4, cores=2) == (1, 2)
+    assert plan_jobs(3, runs=2, cores=8) == (2, 4)
+    assert plan_jobs(4, runs=4, cores=2) == (4, 1)  # oversubscribed: still one thread each
+
+
+def test_children_get_the_thread_count_whatever_the_shell_exported(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert child_environment(1)["OMP_NUM_THREADS"] == "1"
+
+
+def _fake_run(tmp_path, name, code):
+    """A stand-in for `nucleotron train`: a Python one-liner (the printed command drops its first 3 words)."""
+    return TrainingRun(name, tmp_path / name, [sys.executable, "-c", code])
+
+
+def test_notes_follow_run_order_and_logs_hold_each_runs_output(tmp_path, capsys):
+    slow = _fake_run(tmp_path, "slow", "import time; time.sleep(1.0); print('slow done')")
+    fast = _fake_run(tmp_path, "fast", "print('fast done')")
+    train_all([slow, fast], jobs=2, threads=1, poll_s=0.05)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [n.split()[1] for n in notes] == ["slow", "fast"]
+    assert slow.log.read_text() == "slow done\n" and fast.log.read_text() == "fast done\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_failed_run_names_its_log_and_stops_the_others(tmp_path):
+    pid_file = tmp_path / "pid"
+    sleeper = _fake_run(tmp_path, "sleeper", f"import os, time; open({str(pid_file)!r}, 'w')"
+                                             f".write(str(os.getpid())); time.sleep(60)")
+    failing = _fake_run(tmp_path, "failing", f"import os, sys, time\nwhile not os.path.getsize({str(pid_file)!r}) "
+                                             f"if os.path.exists({str(pid_file)!r}) else True: time.sleep(0.05)\n"
+                                             f"print('boom'); sys.exit(3)")
+    with pytest.raises(SystemExit) as stopped:
+        train_all([sleeper, failing], jobs=2, threads=1, poll_s=0.05)
+    assert str(stopped.value) == (f"nucleotron quickstart: training failing failed with exit status 3; "
+                                  f"its output: {failing.log}")
+    assert failing.log.read_text() == "boom\n"
+    assert not _alive(int(pid_file.read_text()))
+
+
+def test_sigterm_stops_the_trainings(tmp_path):
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    script = ("import sys; from pathlib import Path; from nucleotron.train.quickstart import TrainingRun, train_all; "
+              f"train_all([TrainingRun('sleeper', Path({str(tmp_path / 'run')!r}), [sys.executable, '-c', {child!r}])],"
+              " jobs=1, threads=1)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 1
+    assert "interrupted; the trainings were stopped (re-run to resume them)" in err
+    assert not _alive(int(pid_file.read_text()))
