@@ -219,7 +219,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--seq-len", type=int, default=256, help="pack sequence length (default 256)")
     parser.add_argument("--jobs", type=int,
                         help="trainings run at the same time (default: one per usable core, at most one per run); "
-                             "each gets cores // jobs threads")
+                             "each gets cores // jobs threads (the Gengram arm's sums depend on the thread count, "
+                             "so its losses match across --jobs only to ~1e-7 at first, not bit for bit)")
     parser.add_argument("--wandb", choices=("offline", "off"), default="offline",
                         help="W&B logging of the runs (default offline: no account or network needed)")
     args = parser.parse_args(argv)
