@@ -80,11 +80,16 @@ def test_synthetic_genome_matches_its_annotation_and_design():
                 assert piece[3:5] == "GT", piece
             elif f.kind == "splice_acceptor":
                 assert piece.endswith("AG"), piece
-            elif f.kind in ("repeat", "microsatellite", "low_complexity"):
+            elif f.kind in ("repeat", "microsatellite", "low_complexity", "satellite"):
                 assert piece.replace("N", "n").islower()
             elif f.kind == "gap":
                 assert set(piece) == {"N"}
-    assert {"gene", "exon", "splice_donor", "splice_acceptor", "repeat", "microsatellite", "gap"} <= seen
+    assert {"gene", "exon", "splice_donor", "splice_acceptor", "repeat", "microsatellite", "gap", "satellite",
+            "segmental_duplication"} <= seen
+    design = GenomeDesign()
+    for chrom, seq in first.items():  # one centromeric block per chromosome at the design's share
+        satellite = sum(f.end - f.start for f in annotation[chrom] if f.kind == "satellite")
+        assert abs(satellite / len(seq) - design.alpha_satellite_share - design.hsat_share) < 0.005
     genome = b"".join(first.values())
     upper = genome.upper()
     acgt = sum(upper.count(b) for b in b"ACGT")
@@ -93,7 +98,6 @@ def test_synthetic_genome_matches_its_annotation_and_design():
     masked = sum(genome.count(b) for b in b"acgt") / len(genome)
     assert 0.37 < gc < 0.45 and cpg_oe < 0.6 and 0.25 < masked < 0.5, (gc, cpg_oe, masked)
     assert {k: len(v) for k, v in second.items()}.keys() == first.keys()
-    design = GenomeDesign()
     for chrom in first:  # the second species: ~1.2% substitutions plus small indels, so lengths drift slightly
         assert abs(len(second[chrom]) - len(first[chrom])) < 10 * design.indels * len(first[chrom]) + 20
 
