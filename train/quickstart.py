@@ -103,9 +103,9 @@ def child_environment(threads: int) -> Dict[str, str]:
 
 
 def shown_command(run: TrainingRun, threads: int) -> str:
-    """The line a user would type for this training, its output redirected to the run's log."""
+    """The line a user would type for this training, its output appended to the run's log."""
     args = ["nucleotron"] + run.command[3:]
-    return f"OMP_NUM_THREADS={threads} {shlex.join(args)} > {shlex.quote(str(run.log))} 2>&1"
+    return f"OMP_NUM_THREADS={threads} {shlex.join(args)} >> {shlex.quote(str(run.log))} 2>&1"
 
 
 class _Stopped(Exception):
@@ -148,7 +148,7 @@ def train_all(runs: List[TrainingRun], jobs: int, threads: int, poll_s: float = 
             while pending and len(running) < jobs:
                 run = pending.pop(0)
                 run.run_dir.mkdir(parents=True, exist_ok=True)
-                with open(run.log, "w") as log:
+                with open(run.log, "a") as log:  # a re-run resumes the run, so its log goes on too
                     running[subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)] = run
                 started[run.name] = time.monotonic()
             time.sleep(poll_s)
