@@ -41,7 +41,7 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     assert [n.split()[1] for n in notes] == names  # one note per run, in run order whatever finished first
     for name in names:
         log = out / "runs" / "quickstart" / name / "train.log"
-        assert f"> {log} 2>&1" in result.stdout and "step" in log.read_text()
+        assert f">> {log} 2>&1" in result.stdout and "step" in log.read_text()
     table = result.stdout[result.stdout.index("validation after 6 steps"):]
     for arm, runs in finals.items():
         losses = [r["loss"] for r in runs]
@@ -139,9 +139,13 @@ def test_notes_follow_run_order_and_logs_hold_each_runs_output(tmp_path, capsys)
     slow = _fake_run(tmp_path, "slow", "import time; time.sleep(1.0); print('slow done')")
     fast = _fake_run(tmp_path, "fast", "print('fast done')")
     train_all([slow, fast], jobs=2, threads=1, poll_s=0.05)
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    out = capsys.readouterr().out
+    assert f"$ OMP_NUM_THREADS=1 nucleotron >> {slow.log} 2>&1\n$ OMP_NUM_THREADS=1 nucleotron >> {fast.log} 2>&1" in out
+    notes = [line for line in out.splitlines() if line.startswith("[")]
     assert [n.split()[1] for n in notes] == ["slow", "fast"]
     assert slow.log.read_text() == "slow done\n" and fast.log.read_text() == "fast done\n"
+    train_all([fast], jobs=1, threads=1, poll_s=0.05)  # a re-run (which resumes a training) keeps the first log
+    assert fast.log.read_text() == "fast done\nfast done\n"
 
 
 def _alive(pid: int) -> bool:
