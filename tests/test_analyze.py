@@ -2,7 +2,6 @@
 motif: the gate opens more at the motif than in the background, and the plots and tables are written."""
 import csv
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from nucleotron.data_prep.synthetic import write_fasta
 from nucleotron.infer.analyze import AnalyzeError, feature_contrast, kmer_of, parse_region, read_gff
 from nucleotron.kernels.reference import kmer_ids
 
+import warm_python
 from train_runs import REPO, training_env
 
 MOTIF = b"TTGACGGCTATA"  # planted on both strands (alternating), about every 40 bases
@@ -21,7 +21,7 @@ CLI = [sys.executable, "-m", "nucleotron.launch.cli"]
 
 
 def _run(*args):
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600, env=training_env())
+    result = warm_python.run([*CLI, *args], capture_output=True, text=True, timeout=600, env=training_env())
     assert result.returncode == 0, f"{args[:2]}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result
 

@@ -3,16 +3,17 @@ produced), so a refactor of the code they drive cannot leave them broken until s
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+
+import warm_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_data_prep_benchmark_compares_at_one_and_n_cores(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "data_prep.py"), "--size", "3",
+    proc = warm_python.run([sys.executable, os.path.join(ROOT, "benchmarks", "data_prep.py"), "--size", "3",
                            "--contig", "1", "--seq-len", "1000", "--workers", "2", "--repeats", "2",
                            "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -62,7 +63,7 @@ def test_train_throughput_smoke_compares_with_transformers_and_gengram(tmp_path)
     from nucleotron.configs import load_config
     from nucleotron.model.params import count_parameters
 
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_throughput.py"), "--smoke",
+    proc = warm_python.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_throughput.py"), "--smoke",
                            "--no-save", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for run in ("Nucleotron", "Nucleotron + Gengram", "transformers peer"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import warm_python
 from train_runs import FAST, REPO, losses, metrics, training_env
 
 FOCUS_YAML = str(REPO / "configs" / "experiments" / "focus-tiny.yaml")
@@ -30,7 +30,7 @@ def restore_environment():
 def focus_train(pack, base, run_dir, *overrides, expect=0):
     command = [sys.executable, "-m", "nucleotron.launch.cli", "focus", "train", "--checkpoint", str(base), "--config",
                FOCUS_YAML, f"data.packs={pack}", f"run.dir={run_dir}", *FAST, *SMALL_BATCH, *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=training_env())
+    result = warm_python.run(command, capture_output=True, text=True, timeout=600, env=training_env())
     assert result.returncode == expect, (f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n"
                                          f"{result.stderr[-5000:]}")
     return result

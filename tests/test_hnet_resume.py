@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import warm_python
 from train_runs import FAST, REPO, checkpoints, losses, metrics, training_env
 
 HNET = str(REPO / "configs" / "models" / "dnahnet-tiny.yaml")
@@ -50,7 +51,7 @@ def command(pack: Path, run_dir: Path, *overrides: str):
 
 
 def run(pack: Path, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
+    result = warm_python.run(command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
                             env=training_env())
     assert result.returncode == expect, f"exit {result.returncode}, expected {expect}\n{result.stderr[-5000:]}"
     return result
@@ -90,7 +91,7 @@ def hnet_chain(pack, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("hnet-chain") / "run"
     jobs = {"stop": run(pack, run_dir, "train.stop_at_step=3")}
     jobs["stop_checkpoints"] = checkpoints(run_dir)
-    process = subprocess.Popen(command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = warm_python.Popen(command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True, env=training_env())
     try:
         wait_for_step(run_dir, 5, process)

@@ -6,7 +6,6 @@ are refused by name."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 from nucleotron.data_prep.prep import PrepOptions, run_prep
 from nucleotron.data_prep.synthetic import make_genome, write_fasta
+import warm_python
 from train_runs import REPO, metrics, training_env
 
 SEQ_LEN = 64
@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
                str(REPO / "configs" / "models" / "dnahnet-tiny.yaml"), f"data.packs={root / 'pack'}",
                f"run.dir={run}", "train.max_steps=2", "checkpoint.every=2", "train.eval_every=2",
                "train.eval_steps=1", "train.log_every=1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=training_env())
+    result = warm_python.run(command, capture_output=True, text=True, timeout=600, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
     rng = np.random.default_rng(7)
     with open(root / "seqs.fa", "w") as handle:

@@ -6,13 +6,13 @@ sharded checkpoint. References: the megatron-core model's own logits, and hand c
 """
 import json
 import math
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+import warm_python
 from train_runs import make_pack, train_command, training_env
 
 SHORT = ["train.max_steps=2", "checkpoint.every=2", "train.eval_every=2"]
@@ -22,7 +22,7 @@ MOE_MLA = ["model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.ffn_hidden
 
 
 def train(command):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=training_env())
+    result = warm_python.run(command, capture_output=True, text=True, timeout=600, env=training_env())
     assert result.returncode == 0, result.stderr[-5000:]
     return result
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import warm_python
 from nucleotron.train.quickstart import TrainingRun, child_environment, plan_jobs, train_all
 from train_runs import training_env
 
@@ -17,7 +18,7 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     out = tmp_path / "qs"
     command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "6",
                "--genome-mb", "0.4", "--seq-len", "128", "--seeds", "2", "--jobs", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=training_env())
+    result = warm_python.run(command, capture_output=True, text=True, timeout=900, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((out / "packs" / "seq128" / "manifest.json").read_text())
     assert manifest["seq_len"] == 128 and set(manifest["blend"]) == {"train", "valid"}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import warm_python
 from train_runs import TINY, checkpoints, losses, make_pack, metrics, run_train, train_command, training_env
 
 REQUEUE = 75
@@ -98,7 +99,7 @@ def test_sigterm_to_the_process_group_saves_exits_for_requeue_and_resumes_exactl
     """SIGTERM to the trainer's whole process group mid-run (Slurm signals every process of a step, including any
     checkpoint writer a save has forked): save at the next step boundary, exit 75, resume bit-identically."""
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(train_command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = warm_python.Popen(train_command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True, env=training_env())
     _wait_for_step(run_dir, 2, process)  # early: the signal must land before the last of the 8 steps
     os.killpg(process.pid, signal.SIGTERM)
@@ -158,7 +159,7 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
         "t.token_loss = poisoned\n"
         "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
     base = train_command(pack, tmp_path / "skip")[3:]  # drop "python -m nucleotron.launch.cli"
-    result = subprocess.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"], capture_output=True,
+    result = warm_python.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"], capture_output=True,
                             text=True, timeout=600, env=training_env())
     assert result.returncode == 0, result.stderr[-3000:]
     train = [r for r in metrics(tmp_path / "skip") if r["kind"] == "train"]
@@ -167,21 +168,21 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
     assert "step 3: loss is nan; skipping the update" in result.stderr
 
     stop = train_command(pack, tmp_path / "stop")[3:] + ["train.bad_loss=stop", "train.max_steps=4", "train.eval_every=100"]
-    result = subprocess.run([sys.executable, "-c", inject, *stop], capture_output=True, text=True, timeout=600,
+    result = warm_python.run([sys.executable, "-c", inject, *stop], capture_output=True, text=True, timeout=600,
                             env=training_env())
     assert result.returncode == 1
     assert "step 3: loss is nan; stopping (train.bad_loss=stop)" in result.stderr
 
 
 def test_two_process_tensor_parallel_run_trains_resumes_and_reshards(pack, straight, tmp_path):
-    """torchrun, 2 gloo processes, TP=2: stopped at step 4 and resumed to step 6, then resumed by ONE process (TP=1,
-    the checkpoint resharded). It tracks the single-process run throughout (same initial weights; only the order of
-    floating-point sums differs), so neither resume nor resharding lost model, optimizer, schedule or data position."""
+    """2 gloo processes (torchrun's rendezvous variables; tests/test_infer_trained.py runs torchrun itself), TP=2:
+    stopped at step 4 and resumed to step 6, then resumed by ONE process (TP=1, the checkpoint resharded). It tracks
+    the single-process run throughout (same initial weights; only the order of floating-point sums differs), so
+    neither resume nor resharding lost model, optimizer, schedule or data position."""
     run_dir = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     for stop in (4, 6):
-        command = torchrun + train_command(pack, run_dir, "parallel.tensor=2", f"train.stop_at_step={stop}")[1:]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=training_env())
+        command = train_command(pack, run_dir, "parallel.tensor=2", f"train.stop_at_step={stop}")
+        result = warm_python.run_ranks(command, 2, timeout=600, env=training_env())
         assert result.returncode == 0, result.stderr[-5000:]
         assert "TP 2" in result.stderr
     assert "at step 4" in result.stderr

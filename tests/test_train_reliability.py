@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import warm_python
 from train_runs import TINY, checkpoints, losses, metrics, run_train, train_command, training_env
 
 
@@ -147,7 +148,7 @@ def test_no_usable_checkpoint_refuses_a_silent_restart(pack, straight, tmp_path)
 def _injected(body: str, pack, run_dir, *overrides):
     script = ("import sys, math, torch\n" + body +
               "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", script, *train_command(pack, run_dir, *overrides)[3:]],
+    return warm_python.run([sys.executable, "-c", script, *train_command(pack, run_dir, *overrides)[3:]],
                           capture_output=True, text=True, timeout=600, env=training_env())
 
 
@@ -194,7 +195,7 @@ def test_infinite_learning_rate_is_refused_at_load(pack, tmp_path):
 
 def test_two_trainers_cannot_share_a_run_directory(pack, tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen(train_command(pack, run, "train.max_steps=400", "checkpoint.every=400"),
+    first = warm_python.Popen(train_command(pack, run, "train.max_steps=400", "checkpoint.every=400"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                              env=training_env())
     try:

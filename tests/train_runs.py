@@ -11,6 +11,8 @@ from typing import List
 from nucleotron.data_prep.prep import PrepOptions, run_prep
 from nucleotron.data_prep.synthetic import make_genome, write_fasta
 
+import warm_python
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "experiments" / "tiny-cpu.yaml")
 
@@ -52,7 +54,7 @@ def train_command(pack: Path, run_dir: Path, *overrides: str) -> List[str]:
 
 
 def run_train(pack: Path, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
+    result = warm_python.run(train_command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
                             env=training_env())
     assert result.returncode == expect, (
         f"exit {result.returncode}, expected {expect}\n--- stdout\n{result.stdout[-3000:]}\n"
