@@ -155,7 +155,8 @@ def require_gpt(ckpt: Checkpoint, what: str) -> None:
 
 def hnet_state_dict(ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
     """{parameter name: full fp32 tensor on CPU} of an H-Net checkpoint written by the DeepSpeed engine."""
-    from nucleotron.train.engines.deepspeed import CHECKPOINT_TAG, _weights_only_loading
+    from nucleotron.train.engines.deepspeed import CHECKPOINT_TAG
+    from nucleotron.train.safe_load import deepspeed_weights_only_loading
 
     folder = os.path.join(ckpt.directory, CHECKPOINT_TAG)
     zero3 = ckpt.cfg.parallel.zero_stage >= 3    # the module file holds placeholders: gather the fp32 partitions
@@ -164,7 +165,7 @@ def hnet_state_dict(ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{ckpt.directory}: an H-Net checkpoint (ZeRO-{ckpt.cfg.parallel.zero_stage}) without "
                               f"{CHECKPOINT_TAG}/{name} (DeepSpeed's model file); pass a complete checkpoint written "
                               f"by training")
-    with _weights_only_loading():
+    with deepspeed_weights_only_loading():
         if zero3:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -54,6 +54,17 @@ def no_rendezvous_leftovers():
             os.environ[name] = value
 
 
+@pytest.fixture(scope="module")
+def restore_process_state():
+    """For modules that build megatron models in this process (single_process_megatron, an in-process engine): they
+    set RANK, WORLD_SIZE, MASTER_PORT ... and torch's thread count; the next module gets them back as they were."""
+    env, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """build(directory) once per test session, also across pytest-xdist's worker processes: the first worker to ask
     builds it in the session's shared temporary root under a file lock, the others wait and reuse it."""

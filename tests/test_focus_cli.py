@@ -1,7 +1,6 @@
 """`nucleotron focus eval` and `focus score` end to end on a saved tiny checkpoint and adapter file."""
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -14,14 +13,7 @@ OVERRIDES = ["model.num_layers=2", "model.gengram.layers=[]", "model.attention_b
              "focus.window=32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_environment():
-    """single_process_megatron sets RANK, WORLD_SIZE, MASTER_PORT ... and torch's thread count: undo both."""
-    env, threads = dict(os.environ), torch.get_num_threads()
-    yield
-    os.environ.clear()
-    os.environ.update(env)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_process_state")
 
 
 @pytest.fixture(scope="module")

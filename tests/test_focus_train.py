@@ -17,14 +17,7 @@ FOCUS_YAML = str(REPO / "configs" / "experiments" / "focus-tiny.yaml")
 SMALL_BATCH = ["train.micro_batch_size=2", "train.global_batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def restore_environment():
-    """In-process megatron state sets RANK, WORLD_SIZE, MASTER_PORT ... and torch's thread count: undo both."""
-    env, threads = dict(os.environ), torch.get_num_threads()
-    yield
-    os.environ.clear()
-    os.environ.update(env)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_process_state")
 
 
 def focus_train(pack, base, run_dir, *overrides, expect=0):

@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from typing import Tuple
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from nucleotron.configs import ParallelConfig
+from nucleotron.configs import NucleotronConfig, ParallelConfig
 
 from .cpu_mode import apply_cpu_patches
 
@@ -74,3 +75,17 @@ def destroy_distributed() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+class MegatronProcessLayout:
+    """The engine-protocol methods of engines whose processes megatron's parallel state lays out (the megatron and
+    FOCUS engines): set it up from cfg.parallel, and read this process's data-parallel rank and size from it."""
+
+    cfg: NucleotronConfig
+
+    def init_distributed(self) -> None:
+        init_distributed(self.cfg.parallel, self.cfg.run.seed)
+
+    @property
+    def data_parallel(self) -> Tuple[int, int]:
+        return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()

@@ -7,7 +7,9 @@ dist_checkpointing `torch.load`s `common.pt`. While a checkpoint loads, this mod
 - replaces the pickle module that torch.distributed.checkpoint's file reader uses with one whose unpickler resolves
   only the metadata classes of torch.distributed.checkpoint, torch.Size, dtypes and layouts (anything else, such as
   `os.system` or `builtins.eval`, is refused with an error naming the file), and
-- forces `weights_only=True` on megatron's `torch.load` of common state, whatever the environment says.
+- forces `weights_only=True` on megatron's `torch.load` of common state, whatever the environment says;
+- for DeepSpeed's files (dnaHNet), forces `weights_only=True` on its reader's torch.load, allowing only the few
+  DeepSpeed classes they hold.
 
 What a hostile checkpoint can still do: hold wrong weights, or huge tensors that exhaust memory. What it cannot do:
 execute code while it is loaded.
@@ -93,3 +95,25 @@ def restricted_checkpoint_loading(directory: str):
         raise
     finally:
         filesystem.pickle, common.torch = real_pickle, real_torch
+
+
+@contextlib.contextmanager
+def deepspeed_weights_only_loading():
+    """DeepSpeed's checkpoint reader calls torch.load(weights_only=False). While it loads, torch.load is forced to
+    weights_only=True, with only the few DeepSpeed classes its files hold allowed: a checkpoint cannot run code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    original = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = weights_only_load
+    try:
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        torch.load = original

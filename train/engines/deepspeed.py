@@ -32,6 +32,7 @@ from nucleotron.model.hnet import HNetLM, parameter_groups
 
 from .. import loss as loss_accounting
 from ..loss import LossSums
+from ..safe_load import deepspeed_weights_only_loading
 from ..schedule import cosine_lr
 
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes <checkpoint dir>/deepspeed/...
@@ -235,7 +236,7 @@ class DeepSpeedEngine:
 
     def load(self, directory: str) -> None:
         check_saved_layout(directory, self.cfg.parallel.zero_stage, self.data_parallel[1])
-        with _weights_only_loading():
+        with deepspeed_weights_only_loading():
             path, _ = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_optimizer_states=True,
                                                   load_lr_scheduler_states=False)
         if path is None:
@@ -243,7 +244,7 @@ class DeepSpeedEngine:
         self._set_lr()
 
     def load_weights(self, directory: str) -> None:
-        with _weights_only_loading():
+        with deepspeed_weights_only_loading():
             path, _ = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_only=True)
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint ({CHECKPOINT_TAG}/) to load weights from")
@@ -320,25 +321,3 @@ def check_saved_layout(directory: str, zero_stage: int, world_size: int) -> None
         raise ConfigError(f"{directory} holds ZeRO-{saved} optimizer state split over {len(ranks)} data-parallel "
                           f"processes, this job has {world_size}, and DeepSpeed cannot re-split it: resume with "
                           f"{len(ranks)} process{'es' if len(ranks) > 1 else ''}{weights}")
-
-
-@contextlib.contextmanager
-def _weights_only_loading():
-    """DeepSpeed's checkpoint reader calls torch.load(weights_only=False). While it loads, torch.load is forced to
-    weights_only=True, with only the few DeepSpeed classes its files hold allowed: a checkpoint cannot run code."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    original = torch.load
-
-    def weights_only_load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    torch.load = weights_only_load
-    try:
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-            yield
-    finally:
-        torch.load = original

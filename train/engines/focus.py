@@ -37,7 +37,7 @@ from nucleotron.data_prep.manifest import Manifest
 from .. import checkpoint as ckpt
 from ..loss import LossSums
 from ..optimizer import schedule_steps
-from ..parallel import destroy_distributed, device, init_distributed
+from ..parallel import MegatronProcessLayout, destroy_distributed, device
 from ..schedule import cosine_lr
 
 ADAPTER_FILE = os.path.join("focus", "adapter.safetensors")
@@ -113,7 +113,7 @@ class _Objective(torch.nn.Module):
         return pack_batch_loss(logits, layout, labels, loss_mask, eod, cfg.summary_loss, cfg.distill_kl, teacher)
 
 
-class FocusEngine:
+class FocusEngine(MegatronProcessLayout):
     name = "focus"
 
     def __init__(self, cfg: NucleotronConfig):
@@ -133,13 +133,6 @@ class FocusEngine:
         self._kl = torch.zeros(2, dtype=torch.float64)
 
     # ------------------------------------------------------------ setup
-
-    def init_distributed(self) -> None:
-        init_distributed(self.cfg.parallel, self.cfg.run.seed)
-
-    @property
-    def data_parallel(self) -> Tuple[int, int]:
-        return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
     def seed_offset(self) -> int:
         return 0

@@ -25,7 +25,7 @@ from nucleotron.model.stats import model_stats
 from .. import loss as loss_accounting
 from ..loss import LossSums
 from ..optimizer import build_optimizer, hook_model_config, wrap_ddp
-from ..parallel import destroy_distributed, device, init_distributed
+from ..parallel import MegatronProcessLayout, destroy_distributed, device
 from ..checkpoint import save_sharded
 from ..safe_load import restricted_checkpoint_loading
 
@@ -36,7 +36,7 @@ def _unwrap(model):
     return model
 
 
-class MegatronEngine:
+class MegatronEngine(MegatronProcessLayout):
     name = "gpt"
 
     def __init__(self, cfg: NucleotronConfig):
@@ -44,13 +44,6 @@ class MegatronEngine:
         self.model = self.optimizer = self.scheduler = None
 
     # ------------------------------------------------------------ setup
-
-    def init_distributed(self) -> None:
-        init_distributed(self.cfg.parallel, self.cfg.run.seed)
-
-    @property
-    def data_parallel(self) -> Tuple[int, int]:
-        return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
     def seed_offset(self) -> int:
         return 100 * parallel_state.get_pipeline_model_parallel_rank()
