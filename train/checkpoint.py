@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -50,9 +49,9 @@ def save_sharded(state: dict, directory: str) -> None:
     kept in this process.
 
     Its writer is built for asynchronous saves: it hands results back through a queue owned by a *spawned*
-    multiprocessing Manager, a fresh Python process per rank started at the first save (seconds of start-up, and
-    one more process per rank to go wrong). Our saves are synchronous, so the results never leave this process and
-    a plain in-process queue serves (megatron-core 0.16.1: `filesystem_async._results_queue`, read with
+    multiprocessing Manager, a fresh Python process per rank (seconds of start-up; Slurm's signals to the job step
+    reach it too, and a killed trainer leaves it behind). Our saves are synchronous, so the results never leave this
+    process and a plain in-process queue serves (megatron-core 0.16.1: `filesystem_async._results_queue`, read with
     get_nowait)."""
     import queue
 
@@ -98,28 +97,6 @@ def _broadcast(value):
     if dist.is_initialized() and _world() > 1:
         dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def start_checkpoint_writer(preemption_signals) -> None:
-    """Start megatron's checkpoint-writer results queue with the preemption signals blocked.
-
-    The writer keeps a spawned multiprocessing Manager process; Slurm signals every process of a job step, and
-    SIGUSR1's default action would kill that process and with it the very save the signal asks for. A blocked signal
-    mask survives the spawn, so the Manager never sees them; the trainer's own handler is back right after.
-    """
-    from multiprocessing import resource_tracker
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, preemption_signals)
-    try:
-        # The Manager needs multiprocessing's resource tracker, whose start unblocks SIGINT/SIGTERM on its way
-        # out: start it first (it inherits the block too), then block again for the Manager.
-        resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, preemption_signals)
-        filesystem_async._get_write_results_queue()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def checkpoint_name(step: int) -> str:

@@ -26,7 +26,7 @@ from .metrics import MetricsLogger, train_record
 from .mfu import peak_tflops
 from .parallel import device
 from .run_dir import RunDirectory, resolve_inputs, seed_everything, total_steps
-from .signals import PREEMPTION_SIGNALS, PreemptionWatch
+from .signals import PreemptionWatch
 from .validate import Validator
 
 __all__ = ["BadLossError", "Trainer", "resolve_inputs", "train"]
@@ -84,7 +84,6 @@ class Trainer:
                     f"micro-batches per step; run dir {self.run.path}")
         if self.peak is None:
             logger.info("MFU is not reported: unknown device peak; set train.peak_tflops")
-        ckpt.start_checkpoint_writer(PREEMPTION_SIGNALS)
 
     # ------------------------------------------------------------ one step
 
