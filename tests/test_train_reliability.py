@@ -238,7 +238,8 @@ def test_run_lock_takes_over_only_from_a_dead_holder_or_the_same_slurm_job(tmp_p
 
 def test_training_and_checkpointing_spawn_no_helper_process(pack, tmp_path):
     """A run that saves checkpoints starts no spawned Python helper (megatron's checkpoint writer would start a
-    multiprocessing Manager per rank: seconds of start-up each, and left running when the trainer is killed)."""
+    multiprocessing Manager per rank: seconds of start-up each, and left running when the trainer is killed), and
+    each save goes into an empty folder (megatron warns of an "old incomplete checkpoint" otherwise)."""
     spy = ("import multiprocessing.context as c\n"
            "def refuse(process):\n"
            "    raise RuntimeError(f'the trainer spawned a helper process: {process.name}')\n"
@@ -246,6 +247,7 @@ def test_training_and_checkpointing_spawn_no_helper_process(pack, tmp_path):
     result = _injected(spy, pack, tmp_path / "run", "train.max_steps=4", "checkpoint.every=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoints(tmp_path / "run") == ["step-00000002", "step-00000004"]
+    assert "Overwriting old incomplete" not in result.stderr  # megatron's warning when it saves into a used folder
 
 
 # ------------------------------------------------------------------ settings a resume would ignore

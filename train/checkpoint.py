@@ -241,10 +241,12 @@ def save_checkpoint(ckpt_root: str, engine, state: TrainerState, keep: int) -> s
         if _rank() == 0:
             os.makedirs(ckpt_root, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(os.path.join(tmp, "rng"))
+            os.makedirs(tmp)
         _barrier()
-        engine.save(tmp)
-        save_rng_state(rng_state_file(tmp, _rank()))
+        engine.save(tmp)  # into an empty directory: megatron warns of an "old incomplete checkpoint" otherwise
+        rng_file = rng_state_file(tmp, _rank())
+        os.makedirs(os.path.dirname(rng_file), exist_ok=True)
+        save_rng_state(rng_file)
         _barrier()
         files = _hash_share(tmp, _broadcast(_files(tmp) if _rank() == 0 else None))
         if _rank() == 0:
