@@ -1,12 +1,11 @@
 """Using trained models: HF export, sequence and variant scoring, embeddings and probes on tiny runs trained here.
 
 Two runs, shared by every test of this module: a dense GQA model with a Gengram layer (one process), and an MoE +
-MLA model with a Gengram layer trained by two tensor-parallel processes (torchrun, TP=2), so the export reads a
+MLA model with a Gengram layer trained by two tensor-parallel processes (TP=2), so the export reads a
 sharded checkpoint. References: the megatron-core model's own logits, and hand computations from logits.
 """
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -34,9 +33,11 @@ def runs(tmp_path_factory):
     dense = root / "dense"
     train(train_command(pack, dense, *SHORT))
     moe = root / "moe-tp2"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     tp2 = ["parallel.tensor=2", "parallel.sequence_parallel=true"]  # megatron: MoE with TP needs SP
-    assert "TP 2" in train(torchrun + train_command(pack, moe, *tp2, *SHORT, *MOE_MLA)[1:]).stderr
+    two_ranks = warm_python.run_ranks(train_command(pack, moe, *tp2, *SHORT, *MOE_MLA), 2, timeout=600,
+                                      env=training_env())
+    assert two_ranks.returncode == 0, two_ranks.stderr[-5000:]
+    assert "TP 2" in two_ranks.stderr
     return {"root": root, "pack": pack, "dense": dense, "moe-tp2": moe}
 
 

@@ -175,7 +175,7 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
 
 
 def test_two_process_tensor_parallel_run_trains_resumes_and_reshards(pack, straight, tmp_path):
-    """2 gloo processes (torchrun's rendezvous variables; tests/test_infer_trained.py runs torchrun itself), TP=2:
+    """2 gloo processes (torchrun's rendezvous variables; test_launch_e2e's `launch local` runs torchrun), TP=2:
     stopped at step 4 and resumed to step 6, then resumed by ONE process (TP=1, the checkpoint resharded). It tracks
     the single-process run throughout (same initial weights; only the order of floating-point sums differs), so
     neither resume nor resharding lost model, optimizer, schedule or data position."""
