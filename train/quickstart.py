@@ -1,8 +1,9 @@
 """`nucleotron quickstart`: the whole workflow on a CPU in minutes, with nothing to download.
 
 1. writes a synthetic two-species genome built from what real genomes contain (data_prep/genome_sim.py: genes with
-   promoters, TATA boxes, codon-structured exons and splice sites, interspersed repeat families at the human
-   genome's shares, microsatellites and poly-A/T tracts, N gaps; a chimp-like copy ~1.2% diverged);
+   promoters, TATA boxes, codon-structured exons and splice sites, some in tandem gene arrays, interspersed repeat
+   families at the human genome's shares (Alu subfamilies by age), a satellite block per chromosome, segmental
+   duplications, microsatellites and poly-A/T tracts, N gaps; a chimp-like copy ~1.2% diverged);
 2. runs `nucleotron data prep` on it (train split, chr5 held out for validation);
 3. runs `nucleotron train` for each seed and each arm of configs/experiments/quickstart.yaml: a baseline without
    Gengram and the same model with Gengram (with --moe: the MoE preset, quickstart-moe.yaml), W&B in offline mode;
