@@ -17,6 +17,7 @@ importing, and the process's command line in /proc (the zygote's).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -52,7 +53,7 @@ def _open_output(spec: dict) -> int:
     return os.open(spec["path"], os.O_WRONLY | os.O_CREAT | mode, 0o644)
 
 
-def _child(request: dict, protocol_fds: List[int]) -> None:
+def _child(request: dict, protocol_fds: List[int], ready: int) -> None:
     """In the forked child: become the requested process, run the command, exit as python would."""
     import atexit
     import runpy
@@ -82,6 +83,8 @@ def _child(request: dict, protocol_fds: List[int]) -> None:
             import torch
 
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        os.write(ready, b"1")
+        os.close(ready)
         flag, *rest = request["argv"]
         if flag == "-m":
             sys.path[0] = os.getcwd()  # as python -m sets it (the zygote's is tests/)
@@ -144,9 +147,14 @@ def serve() -> None:
                 request = json.loads(line)
                 sys.stdout.flush()
                 sys.stderr.flush()
+                ready, child_ready = os.pipe()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, [requests.fileno(), replies.fileno()])
+                    os.close(ready)
+                    _child(request, [requests.fileno(), replies.fileno()], child_ready)
+                os.close(child_ready)
+                os.read(ready, 1)  # as Popen returns: the child has its session, streams, directory, environment
+                os.close(ready)
                 ids[pid] = request["id"]
                 replies.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
         while ids:
@@ -172,6 +180,7 @@ class _Zygote:
 
     def __init__(self, env: Dict[str, str]):
         self.log = tempfile.NamedTemporaryFile(prefix="warm-python-zygote-", suffix=".log", delete=False)
+        atexit.register(Path(self.log.name).unlink, missing_ok=True)
         self.process = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self.log, env=env,
                                         cwd=str(Path(__file__).parent))
@@ -196,8 +205,13 @@ class _Zygote:
             else:
                 self.returncodes[reply["id"]] = reply["returncode"]
                 self.ended[reply["id"]].set()
+        # The zygote is gone (it kills its children on the way out): nobody will report them, so they end here.
+        for request_id, ended in list(self.ended.items()):
+            if not ended.is_set():
+                self.returncodes[request_id] = -9
+                ended.set()
 
-    def start(self, argv: List[str], env: Dict[str, str], cwd: str, stdout: str, stderr: str,
+    def start(self, argv: List[str], env: Dict[str, str], cwd: str, stdout: dict, stderr: dict,
               new_session: bool) -> "WarmProcess":
         with self.lock:
             self.next_id += 1
