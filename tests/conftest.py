@@ -17,6 +17,15 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist runs one worker per core: each worker (and every process it starts without its own setting) gets its
+# share of the cores. With torch's default of one thread per core in every worker, the busy-waiting OpenMP threads
+# oversubscribed the cores and ran the in-process compute tests several times slower (one: 16 s alone, 94-134 s in CI).
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 
 # The kernel's own tests: the only ones that run the Triton interpreter on CPU.
 KERNEL_TEST_MODULES = ("test_kmer_kernel", "test_gengram_module", "test_gengram_projected", "test_benchmarks")
