@@ -52,7 +52,7 @@ def command(pack: Path, run_dir: Path, *overrides: str):
 
 def run(pack: Path, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
     result = warm_python.run(command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
-                            env=training_env())
+                             env=training_env())
     assert result.returncode == expect, f"exit {result.returncode}, expected {expect}\n{result.stderr[-5000:]}"
     return result
 
@@ -92,7 +92,7 @@ def hnet_chain(pack, tmp_path_factory):
     jobs = {"stop": run(pack, run_dir, "train.stop_at_step=3")}
     jobs["stop_checkpoints"] = checkpoints(run_dir)
     process = warm_python.Popen(command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env=training_env())
+                                start_new_session=True, env=training_env())
     try:
         wait_for_step(run_dir, 5, process)
         os.killpg(process.pid, signal.SIGTERM)

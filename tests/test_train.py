@@ -100,7 +100,7 @@ def test_sigterm_to_the_process_group_saves_exits_for_requeue_and_resumes_exactl
     checkpoint writer a save has forked): save at the next step boundary, exit 75, resume bit-identically."""
     run_dir = tmp_path / "run"
     process = warm_python.Popen(train_command(pack, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, env=training_env())
+                                text=True, start_new_session=True, env=training_env())
     _wait_for_step(run_dir, 2, process)  # early: the signal must land before the last of the 8 steps
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=300)
@@ -159,8 +159,8 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
         "t.token_loss = poisoned\n"
         "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
     base = train_command(pack, tmp_path / "skip")[3:]  # drop "python -m nucleotron.launch.cli"
-    result = warm_python.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"], capture_output=True,
-                            text=True, timeout=600, env=training_env())
+    result = warm_python.run([sys.executable, "-c", inject, *base, "train.max_steps=4", "train.eval_every=100"],
+                             capture_output=True, text=True, timeout=600, env=training_env())
     assert result.returncode == 0, result.stderr[-3000:]
     train = [r for r in metrics(tmp_path / "skip") if r["kind"] == "train"]
     assert train[2]["loss"] is None and train[2]["skipped_steps"] == 1 and train[-1]["skipped_steps"] == 1
@@ -169,7 +169,7 @@ def test_nan_loss_is_skipped_or_stops(pack, tmp_path):
 
     stop = train_command(pack, tmp_path / "stop")[3:] + ["train.bad_loss=stop", "train.max_steps=4", "train.eval_every=100"]
     result = warm_python.run([sys.executable, "-c", inject, *stop], capture_output=True, text=True, timeout=600,
-                            env=training_env())
+                             env=training_env())
     assert result.returncode == 1
     assert "step 3: loss is nan; stopping (train.bad_loss=stop)" in result.stderr
 

@@ -149,7 +149,7 @@ def _injected(body: str, pack, run_dir, *overrides):
     script = ("import sys, math, torch\n" + body +
               "from nucleotron.launch.cli import main; sys.exit(main(sys.argv[1:]))\n")
     return warm_python.run([sys.executable, "-c", script, *train_command(pack, run_dir, *overrides)[3:]],
-                          capture_output=True, text=True, timeout=600, env=training_env())
+                           capture_output=True, text=True, timeout=600, env=training_env())
 
 
 def test_non_finite_weights_stop_the_run_and_are_never_saved(pack, tmp_path):
@@ -196,8 +196,8 @@ def test_infinite_learning_rate_is_refused_at_load(pack, tmp_path):
 def test_two_trainers_cannot_share_a_run_directory(pack, tmp_path):
     run = tmp_path / "run"
     first = warm_python.Popen(train_command(pack, run, "train.max_steps=400", "checkpoint.every=400"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             env=training_env())
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              env=training_env())
     try:
         deadline = time.time() + 300
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):

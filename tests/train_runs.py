@@ -55,7 +55,7 @@ def train_command(pack: Path, run_dir: Path, *overrides: str) -> List[str]:
 
 def run_train(pack: Path, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
     result = warm_python.run(train_command(pack, run_dir, *overrides), capture_output=True, text=True, timeout=600,
-                            env=training_env())
+                             env=training_env())
     assert result.returncode == expect, (
         f"exit {result.returncode}, expected {expect}\n--- stdout\n{result.stdout[-3000:]}\n"
         f"--- stderr\n{result.stderr[-5000:]}")

@@ -7,10 +7,11 @@ standard streams, it runs the command as `python` would (`runpy` / `exec` as `__
 atexit handlers and stream flushes), and the zygote reports how it ended (exit status, or minus the signal that
 killed it). Signals, exit codes, files and logs are those of a fresh process; what is shared is what importing left.
 
-`run` and `Popen` take subprocess's arguments and fall back to subprocess for anything the zygote cannot start
-faithfully: another executable, or an environment that differs from the zygote's in a variable read at import time
-(TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, PYTHON*, ...). OMP_NUM_THREADS is applied in the child (torch.set_num_threads),
-so thread counts, and with them floating-point sums, are those of a fresh process.
+`run` and `Popen` take subprocess's arguments. Each distinct set of variables read at import time (TRITON_INTERPRET,
+CUDA_VISIBLE_DEVICES, PYTHON*, ...) gets its own zygote started with them; anything else falls back to subprocess:
+another executable, or a command that could see a CUDA device (a forked child cannot use CUDA). OMP_NUM_THREADS is
+applied in the child (torch.set_num_threads), so thread counts, and with them floating-point sums, are those of a fresh
+process. `run_ranks` starts N ranks the way torchrun does, minus its agent.
 
 Not shared with a fresh process: the hash seed (every child has the zygote's), warnings already shown once while
 importing, and the process's command line in /proc (the zygote's).
@@ -20,12 +21,16 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import runpy
 import select
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
+import types
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,8 +39,7 @@ PRELOAD = ("torch", "megatron.core", "torch.distributed.checkpoint", "megatron.c
            "nucleotron.launch.cli", "nucleotron.train.cli", "nucleotron.train.trainer",
            "nucleotron.train.engines.megatron", "nucleotron.train.engines.deepspeed", "nucleotron.train.engines.focus",
            "nucleotron.infer.score", "nucleotron.infer.analyze", "wandb")
-# Read while importing, so a child must see the zygote's values; a command whose environment differs in one of these
-# runs as a real subprocess.
+# Read while importing, so a child must see the zygote's values: each distinct set of them gets its own zygote.
 IMPORT_TIME = ("TRITON_", "CUDA_VISIBLE_DEVICES", "PYTHON", "TORCH_", "NVTE_", "DS_", "LD_", "MKL_", "OMP_PROC_BIND",
                "KMP_")
 
@@ -55,13 +59,6 @@ def _open_output(spec: dict) -> int:
 
 def _child(request: dict, protocol_fds: List[int], ready: int) -> None:
     """In the forked child: become the requested process, run the command, exit as python would."""
-    import atexit
-    import runpy
-    import signal
-    import threading as child_threading
-    import traceback
-    import types
-
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -115,7 +112,7 @@ def _child(request: dict, protocol_fds: List[int], ready: int) -> None:
         code = 1
     finally:
         try:
-            child_threading._shutdown()
+            threading._shutdown()
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -212,7 +209,8 @@ class _Zygote:
                 ended.set()
 
     def start(self, argv: List[str], env: Dict[str, str], cwd: str, stdout: dict, stderr: dict,
-              new_session: bool) -> "WarmProcess":
+              new_session: bool) -> int:
+        """Fork the command; its request id once the child is set up."""
         with self.lock:
             self.next_id += 1
             request_id = self.next_id
@@ -223,7 +221,7 @@ class _Zygote:
             self.process.stdin.flush()
         if not self.started[request_id].wait(60):
             raise RuntimeError("tests/warm_python.py: the zygote did not fork within 60 s")
-        return WarmProcess(self, request_id)
+        return request_id
 
 
 _zygotes: Dict[str, _Zygote] = {}
@@ -233,13 +231,13 @@ _zygote_lock = threading.Lock()
 class WarmProcess:
     """The subset of subprocess.Popen the tests use, for a child of the zygote."""
 
-    def __init__(self, zygote: _Zygote, request_id: int):
+    def __init__(self, zygote: _Zygote, request_id: int, args: List[str], capture: List[Optional[str]], text: bool):
         self._zygote, self._id = zygote, request_id
         self.pid = zygote.pids[request_id]
-        self.args: List[str] = []
+        self.args = args
         self.returncode: Optional[int] = None
-        self._files: List[str] = []
-        self._text = True
+        self._capture = capture  # [stdout file, stderr file] for streams given as PIPE, else None
+        self._text = text
 
     def poll(self) -> Optional[int]:
         if self.returncode is None and self._zygote.ended[self._id].is_set():
@@ -269,11 +267,10 @@ class WarmProcess:
 
     def communicate(self, timeout: Optional[float] = None):
         self.wait(timeout)
-        out = self._read(self._capture[0])
-        err = self._read(self._capture[1])
-        for path in self._files:
+        out, err = (self._read(path) for path in self._capture)
+        for path in filter(None, self._capture):
             Path(path).unlink(missing_ok=True)
-        self._files = []
+        self._capture = [None, None]
         return out, err
 
     def __enter__(self):
@@ -316,13 +313,12 @@ def Popen(command: List[str], *, stdout=None, stderr=None, text: bool = False, e
     if zygote is None:
         return subprocess.Popen(command, stdout=stdout, stderr=stderr, text=text, env=env, cwd=cwd,
                                 start_new_session=start_new_session)
-    files, capture = [], [None, None]
+    capture: List[Optional[str]] = [None, None]
 
     def target(stream, index):
         if stream == subprocess.PIPE:
             handle, path = tempfile.mkstemp(prefix="warm-python-")
             os.close(handle)
-            files.append(path)
             capture[index] = path
             return dict(path=path, append=False)
         if stream == subprocess.STDOUT:
@@ -334,17 +330,14 @@ def Popen(command: List[str], *, stdout=None, stderr=None, text: bool = False, e
 
     out_path = target(stdout, 0)
     err_path = target(stderr, 1) or out_path
-    process = zygote.start(list(command[1:]), env, str(cwd or os.getcwd()), out_path, err_path, start_new_session)
-    process.args, process._files, process._capture, process._text = list(command), files, capture, text
-    return process
+    request_id = zygote.start(list(command[1:]), env, str(cwd or os.getcwd()), out_path, err_path, start_new_session)
+    return WarmProcess(zygote, request_id, list(command), capture, text)
 
 
 def run(command: List[str], *, capture_output: bool = False, text: bool = False, timeout: Optional[float] = None,
         env: Optional[dict] = None, cwd=None) -> subprocess.CompletedProcess:
-    """subprocess.run(command, ...) through the zygote when it can serve the command."""
+    """subprocess.run(command, ...) through the zygote when it can serve the command (else a subprocess)."""
     pipe = subprocess.PIPE if capture_output else None
-    if _get_zygote(list(command), dict(os.environ if env is None else env)) is None:
-        return subprocess.run(command, capture_output=capture_output, text=text, timeout=timeout, env=env, cwd=cwd)
     process = Popen(command, stdout=pipe, stderr=pipe, text=text, env=env, cwd=cwd)
     try:
         out, err = process.communicate(timeout=timeout)
@@ -355,19 +348,14 @@ def run(command: List[str], *, capture_output: bool = False, text: bool = False,
     return subprocess.CompletedProcess(list(command), process.returncode, out, err)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    serve()
-
 
 def run_ranks(command: List[str], world: int, *, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node WORLD` minus the agent: WORLD children of the zygote with the
     rendezvous variables torchrun sets (env://), stdout and stderr of all ranks joined in rank order; when a rank
     fails the others are stopped, and the first failure's exit status is returned, as torchrun does."""
-    import socket
+    from distributed import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ranks = []
     for rank in range(world):
         rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
@@ -387,3 +375,7 @@ def run_ranks(command: List[str], world: int, *, env: dict, timeout: float) -> s
     failed = failed or next((p for p in ranks if p.returncode != 0), None)
     return subprocess.CompletedProcess(list(command), failed.returncode if failed else 0,
                                        "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()
