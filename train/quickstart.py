@@ -140,8 +140,9 @@ def train_all(runs: List[TrainingRun], jobs: int, threads: int, poll_s: float = 
     for run in runs:
         print(f"$ {shown_command(run, threads)}", flush=True)
     env = child_environment(threads)
-    pending, running, ended = list(runs), {}, {}
+    pending, running = list(runs), {}
     started: Dict[str, float] = {}
+    took: Dict[str, float] = {}  # seconds, of the runs that finished
     noted = 0
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
@@ -155,19 +156,18 @@ def train_all(runs: List[TrainingRun], jobs: int, threads: int, poll_s: float = 
             time.sleep(poll_s)
             for child in [c for c in running if c.poll() is not None]:
                 run = running.pop(child)
-                ended[run.name] = (child.returncode, time.monotonic() - started[run.name])
+                took[run.name] = time.monotonic() - started[run.name]
                 if child.returncode != 0:
                     raise SystemExit(f"nucleotron quickstart: training {run.name} failed with exit status "
                                      f"{child.returncode}; its output: {run.log}")
-            while noted < len(runs) and runs[noted].name in ended:
+            while noted < len(runs) and runs[noted].name in took:
                 run = runs[noted]
                 noted += 1
-                print(f"[{noted}/{len(runs)}] {run.name} finished in {ended[run.name][1]:.0f} s ({run.log})",
+                print(f"[{noted}/{len(runs)}] {run.name} finished in {took[run.name]:.0f} s ({run.log})",
                       flush=True)
     except (KeyboardInterrupt, _Stopped):
-        _stop(running)
         raise SystemExit("nucleotron quickstart: interrupted; the trainings were stopped (re-run to resume them)")
-    finally:
+    finally:  # on every way out, no training is left running
         _stop(running)
         signal.signal(signal.SIGTERM, previous)
 
