@@ -133,6 +133,12 @@ def reverse_complement(seq: bytes) -> bytes:
     return seq.translate(_COMPLEMENT)[::-1]
 
 
+def _either_strand(rng: np.random.Generator, seq: bytes) -> Tuple[bytes, str]:
+    """(seq as it reads on a strand drawn at random, that strand): an insertion lands in either orientation."""
+    strand = "-" if rng.random() < 0.5 else "+"
+    return (seq if strand == "+" else reverse_complement(seq)), strand
+
+
 def _pwm_sample(rng: np.random.Generator, columns: List[Dict[str, float]]) -> bytes:
     """One instance of a motif given per-position base probabilities (the motif's natural variation)."""
     out = bytearray()
@@ -272,8 +278,7 @@ class _Builder:
         seq = mutate(rng, seq, float(rng.uniform(*family.divergence)), indels=0.1)
         if family.poly_a_tail:
             seq += b"A" * int(rng.integers(8, 30))
-        strand = "-" if rng.random() < 0.5 else "+"
-        seq = seq if strand == "+" else reverse_complement(seq)
+        seq, strand = _either_strand(rng, seq)
         return Track().add(seq.lower(), kind="repeat", strand=strand, name=family.name)
 
     def simple_repeat(self) -> Track:
@@ -331,9 +336,9 @@ class _Builder:
         copies = -(-length // len(hor))
         array = b"".join(mutate(rng, hor, float(rng.uniform(*d.alpha_hor_divergence)), indels=0.1)
                          for _ in range(copies))[:length]
-        strand = "-" if rng.random() < 0.5 else "+"
-        array = array if strand == "+" else reverse_complement(array)
-        return Track().add(array.lower(), kind="satellite", strand=strand, name=f"alpha-HOR-{len(hor) // ALPHA_MONOMER}mer")
+        array, strand = _either_strand(rng, array)
+        return Track().add(array.lower(), kind="satellite", strand=strand,
+                           name=f"alpha-HOR-{len(hor) // ALPHA_MONOMER}mer")
 
     def hsat_array(self, length: int) -> Track:
         array = mutate(self.rng, (HSAT_UNIT * (length // len(HSAT_UNIT) + 1))[:length], self.design.hsat_divergence,
@@ -353,8 +358,7 @@ class _Builder:
             return Track()
         start = int(rng.integers(0, len(source) - length))
         copy = mutate(rng, source[start:start + length], float(rng.uniform(*d.segdup_divergence)), indels=0.1)
-        strand = "-" if rng.random() < 0.5 else "+"
-        copy = copy if strand == "+" else reverse_complement(copy)
+        copy, strand = _either_strand(rng, copy)
         return Track().add(copy, kind="segmental_duplication", strand=strand)
 
     def tandem_array_copies(self) -> int:
