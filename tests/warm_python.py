@@ -283,8 +283,8 @@ class WarmProcess:
 
 
 def _servable(command: List[str], env: Dict[str, str]) -> bool:
-    """A python -m / -c / script command that runs on the CPU (a forked child cannot use CUDA initialised before the fork;
-    the zygote never initialises it when no device is visible)."""
+    """A python -m / -c / script command that runs on the CPU (a forked child cannot use CUDA initialised before the
+    fork; the zygote never initialises it when no device is visible)."""
     import torch
 
     return (len(command) >= 2 and command[0] == sys.executable
