@@ -108,7 +108,8 @@ def assert_key_value_matches(got, want, params):
 
 @pytest.mark.parametrize("orders,window,reset", CASES + [((1, 4), 3, False)])
 def test_pytorch_path_equals_reference(orders, window, reset):
-    """The CPU-training path (fp64 prefix sums over used rows only); order 4 > W = 3 gets no window at all."""
+    """The CPU-training path (fp64 prefix sums of the unprojected rows, one projection of m); order 4 > W = 3 gets
+    no window at all."""
     ids, tables, weights, codes, doc_start, want = key_value_inputs(orders, window, reset, seed=3)
     rows = kmer_rows(ids, codes, orders)
     spans = [window_span(n, window) for n in orders]
