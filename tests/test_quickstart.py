@@ -1,6 +1,7 @@
 """`nucleotron quickstart` end to end, shortened: genome -> pack -> both arms -> the summary over seeds and the plot."""
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -40,9 +41,13 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     assert all(c.startswith(f"$ OMP_NUM_THREADS={threads} nucleotron train ") for c in commands)
     notes = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert [n.split()[1] for n in notes] == names  # one note per run, in run order whatever finished first
+    validation_sets = set()
     for name in names:
         log = out / "runs" / "quickstart" / name / "train.log"
         assert f">> {log} 2>&1" in result.stdout and "step" in log.read_text()
+        validation_sets |= set(re.findall(r"validation: 64 samples per group \(human, nonhuman\), tokens sha256 "
+                                          r"([0-9a-f]{12})", log.read_text()))
+    assert len(validation_sets) == 1  # both arms and both seeds scored on the same held-out samples
     table = result.stdout[result.stdout.index("validation after 6 steps"):]
     for arm, runs in finals.items():
         losses = [r["loss"] for r in runs]

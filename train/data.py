@@ -55,8 +55,14 @@ def build_train_dataset(manifest: Manifest, num_samples: int, seed: int, cache_d
     return _without_soft_mask_bits(train, manifest, soft_masked_loss_weight)
 
 
-def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_dir: str) -> Dict[str, object]:
-    """One fixed validation set per group the manifest names (human, non-human...), each reported on its own."""
+VALIDATION_SEED = 0  # megatron draws the valid split's samples with this seed, not run.seed
+
+
+def build_valid_datasets(manifest: Manifest, num_samples: int, cache_dir: str) -> Dict[str, object]:
+    """One fixed validation set per group the manifest names (human, non-human...), each reported on its own.
+
+    The samples are the same for every run of the pack whatever its run.seed, so seeds and arms of a comparison
+    are scored on one set and their spread is the training's, not the draw of held-out fragments."""
     if "valid" not in manifest.blend:
         return {}
     entry = manifest.blend["valid"]
@@ -66,7 +72,7 @@ def build_valid_datasets(manifest: Manifest, num_samples: int, seed: int, cache_
         if not prefixes:
             continue
         weights = [w for w, g in zip(entry.weights, entry.groups) if g == group]
-        config = _dataset_config(manifest, [None, (prefixes, weights), None], seed, cache_dir)
+        config = _dataset_config(manifest, [None, (prefixes, weights), None], VALIDATION_SEED, cache_dir)
         _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, num_samples, None], lambda: True,
                                                     config).build()
         datasets[group] = _without_soft_mask_bits(valid, manifest, 1.0)   # validation losses are plain means

@@ -70,7 +70,7 @@ class Trainer:
                                      t.micro_batch_size, t.global_batch_size, dp_rank, dp_size)
         self.batches = micro_batches(train_set, sampler, cfg.data.num_workers, cfg.run.seed)
         self.validator = Validator(
-            build_valid_datasets(self.manifest, t.eval_steps * t.global_batch_size, cfg.run.seed, cache),
+            build_valid_datasets(self.manifest, t.eval_steps * t.global_batch_size, cache),
             t.eval_steps * t.global_batch_size, t.micro_batch_size, dp_rank, dp_size)
 
         self.flops_per_token = self.engine.flops_per_token(self.seq_len)
@@ -82,6 +82,9 @@ class Trainer:
         logger.info(f"training {self.total_steps} steps of {t.global_batch_size} x {self.seq_len} tokens on "
                     f"{dist.get_world_size()} process(es) ({self.engine.layout()}), {self.num_microbatches} "
                     f"micro-batches per step; run dir {self.run.path}")
+        if self.validator and self.rank == 0:
+            logger.info(f"validation: {self.validator.num_samples} samples per group "
+                        f"({', '.join(self.validator.datasets)}), tokens sha256 {self.validator.fingerprint()}")
         if self.peak is None:
             logger.info("MFU is not reported: unknown device peak; set train.peak_tflops")
 

@@ -5,6 +5,7 @@ is reported on both sides), each a fixed list of samples split across data-paral
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Dict
 
 import torch
@@ -17,11 +18,22 @@ class Validator:
     def __init__(self, datasets: Dict[str, object], num_samples: int, micro_batch_size: int, dp_rank: int,
                  dp_size: int):
         self.datasets = datasets
+        self.num_samples = num_samples
         self.batches = {group: fixed_micro_batches(dataset, num_samples, micro_batch_size, dp_rank, dp_size)
                         for group, dataset in datasets.items()}
 
     def __bool__(self) -> bool:
         return bool(self.datasets)
+
+    def fingerprint(self) -> str:
+        """12 hex digits of the sha256 of every group's validation tokens: equal in two runs' logs when both were
+        scored on the same held-out samples."""
+        digest = hashlib.sha256()
+        for group, dataset in self.datasets.items():
+            digest.update(group.encode())
+            for index in range(self.num_samples):
+                digest.update(dataset[index]["tokens"].numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     def run(self, engine, device: torch.device) -> Dict[str, float]:
         """{"<group>/loss", "<group>/bits_per_base", ..., "loss", "bits_per_base"} (collective)."""
