@@ -5,6 +5,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 import warm_python
@@ -27,13 +28,43 @@ def test_data_prep_benchmark_compares_at_one_and_n_cores(tmp_path):
     assert not os.path.exists(tmp_path / "pack-2-0")      # prep outputs are removed between repeats
 
 
-def _train_throughput():
-    """benchmarks/train_throughput.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_throughput",
-                                                  os.path.join(ROOT, "benchmarks", "train_throughput.py"))
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _train_throughput():
+    return _benchmark("train_throughput")
+
+
+def test_genome_references_against_sequences_of_known_entropy(tmp_path):
+    """Order 0 of uniform random bases is 2 bits; an order-12 model of a repeated 97-mer predicts a held-out copy
+    of it almost exactly, an order-3 model of it does not (its 3-mers recur); N-holding contexts are not scored."""
+    refs = _benchmark("genome_references")
+    rng = np.random.default_rng(0)
+    uniform = refs.encode(rng.choice(list(b"ACGT"), 200_000).astype(np.uint8).tobytes())
+    assert refs.markov_bits([uniform], [uniform[:50_000]], 0, 1.0) == pytest.approx(2.0, abs=0.01)
+    unit = rng.choice(list(b"ACGT"), 97).astype(np.uint8).tobytes()
+    repeat = refs.encode(unit * 300)
+    held_out = refs.encode(unit.lower() * 20)  # soft-masked copies read as upper case
+    assert refs.markov_bits([repeat], [held_out], 12, 1.0) < 0.01
+    assert refs.markov_bits([repeat], [held_out], 3, 1.0) > 0.1
+    with_n = refs.encode(b"ACGTN" + b"ACGT" * 10)
+    codes, ends = refs.context_codes(with_n, 4)
+    assert ends[0] == 9 and len(codes) == len(with_n) - 9  # windows t-4..t that hold the N at 4 are skipped
+
+    fasta = tmp_path / "fa"
+    fasta.mkdir()
+    for name in ("human.fa", "chimp.fa"):
+        (fasta / name).write_text("".join(f">chr{i}\n{(unit * 40).decode()}\n" for i in range(1, 6)))
+    proc = warm_python.run([sys.executable, os.path.join(ROOT, "benchmarks", "genome_references.py"), str(fasta),
+                            "--orders", "0:1,12:4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {int(line.split()[0]): float(line.split()[2]) for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {0, 12} and rows[12] < 0.05 < rows[0]
 
 
 @pytest.mark.parametrize("name", ["MoE-1.2B", "Dense-0.3B"])
