@@ -17,7 +17,7 @@ from train_runs import training_env
 
 def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     out = tmp_path / "qs"
-    command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "6",
+    command = [sys.executable, "-m", "nucleotron.launch.cli", "quickstart", "--out", str(out), "--steps", "5",
                "--genome-mb", "0.4", "--seq-len", "128", "--seeds", "2", "--jobs", "2"]
     result = warm_python.run(command, capture_output=True, text=True, timeout=900, env=training_env())
     assert result.returncode == 0, result.stderr[-4000:]
@@ -29,8 +29,10 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
         for seed in (1, 2):
             run = out / "runs" / "quickstart" / f"{arm}-seed{seed}"
             records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            finals[arm].append([r for r in records if r["kind"] == "valid"][-1])
-            assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+            valid = [r for r in records if r["kind"] == "valid"]
+            assert [r["step"] for r in valid] == [2, 4, 5]  # three validations, the last at the end
+            finals[arm].append(valid[-1])
+            assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000005"
             assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
             assert f"run.seed={seed}" in result.stdout  # the printed training commands
     assert "model.gengram.layers=[]" in result.stdout
@@ -45,10 +47,10 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
     for name in names:
         log = out / "runs" / "quickstart" / name / "train.log"
         assert f">> {log} 2>&1" in result.stdout and "step" in log.read_text()
-        validation_sets |= set(re.findall(r"validation: 64 samples per group \(human, nonhuman\), tokens sha256 "
+        validation_sets |= set(re.findall(r"validation: 128 samples per group \(human, nonhuman\), tokens sha256 "
                                           r"([0-9a-f]{12})", log.read_text()))
     assert len(validation_sets) == 1  # both arms and both seeds scored on the same held-out samples
-    table = result.stdout[result.stdout.index("validation after 6 steps"):]
+    table = result.stdout[result.stdout.index("validation after 5 steps"):]
     for arm, runs in finals.items():
         losses = [r["loss"] for r in runs]
         spread = (f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f} "

@@ -245,7 +245,8 @@ def main(argv: List[str]) -> int:
         print(f"wrote a {args.genome_mb:g} Mb synthetic two-species genome to {sources.parent}", flush=True)
         _run(_nucleotron("data", "prep", "--sources", str(sources), "--seq-len", str(args.seq_len), "--out",
                          str(pack), "--valid-chroms", "chr5", "--no-progress"))
-    common = [f"data.packs={pack}", f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 3)}",
+    evaluate_every = -(-steps // 3)  # a third of the run, rounded up: the third validation is the final one
+    common = [f"data.packs={pack}", f"train.max_steps={steps}", f"train.eval_every={evaluate_every}",
               f"checkpoint.every={steps}", f"train.log_every={max(1, steps // 30)}"]
     if args.wandb == "offline":
         common += ["logging.wandb=true", "logging.wandb_mode=offline", "logging.wandb_project=nucleotron-quickstart"]
