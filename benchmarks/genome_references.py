@@ -1,7 +1,7 @@
 """Count-based references for a held-out chromosome: what order-k Markov models fitted to the training chromosomes
 score on it, in bits per base, next to which a trained model's validation can be read.
 
-    python benchmarks/genome_references.py quickstart/fasta            # the quickstart's genome: train chr1-4, score chr5
+    python benchmarks/genome_references.py quickstart/fasta    # the quickstart's genome: fit chr1-4, score chr5
 
 Each order-k model counts (k bases, next base) over the training chromosomes of every FASTA given (N-free contexts
 only) and predicts with add-alpha smoothing toward the training base composition:

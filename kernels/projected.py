@@ -6,8 +6,9 @@ window instead of averaging rows of E_n into m [tokens, 6d] and multiplying m by
 (spec section 3), fp32 accumulation of the window sums; the per-token 6d -> 2H GEMMs become table-sized GEMMs.
 
 `kmer_key_value` dispatches like `kmer_window_mean`: the Triton kernels (projected_triton.py) on CUDA tensors and in
-the interpreter; elsewhere (CPU training) a PyTorch path that averages the unprojected rows (window sums as differences of fp64 prefix sums:
-cost independent of W, exact to far below fp32 rounding) and projects m once, differentiated by autograd.
+the interpreter; elsewhere (CPU training) a PyTorch path that averages the unprojected rows (window sums as
+differences of fp64 prefix sums: cost independent of W, exact to far below fp32 rounding) and projects m once,
+differentiated by autograd.
 """
 from __future__ import annotations
 
