@@ -9,7 +9,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from nucleotron.configs import ConfigError, NucleotronConfig, to_yaml, validate
