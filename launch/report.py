@@ -152,10 +152,23 @@ def _mean_curve(curves: List[Tuple[List[int], List[float]]]) -> Tuple[List[int],
     return common, [sum(c[s] for c in by_step) / len(by_step) for s in common]
 
 
+def _loss_zoom(points: List[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
+    """(bottom, top) holding every point after the first tenth of the steps and the 2-bit line, with a margin."""
+    if not points:
+        return None
+    last = max(step for step, _ in points)
+    later = [value for step, value in points if step >= 0.1 * last] or [value for _, value in points]
+    low, high = min(later + [2.0]), max(later + [2.0])
+    margin = 0.05 * (high - low) or 0.01
+    return low - margin, high + margin
+
+
 def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) -> None:
     """Learning curves of groups of runs (e.g. one arm over several seeds) in one PNG: training loss (thin line per
-    run, bold mean) and validation loss (markers), in bits per base; with moe, a second panel with the routers'
-    load-balancing loss (aux loss / its coefficient, mean over layers; 1 = balanced)."""
+    run, bold mean) and validation bits per base (markers, the number `report` and the quickstart print), in bits
+    per base, the loss axis zoomed on the steps after the first tenth (the initial drop from ln(vocab) would flatten
+    the rest); with moe, a second panel with the routers' load-balancing loss (aux loss / its coefficient, mean over
+    layers; 1 = balanced)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -169,6 +182,7 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) ->
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
     colors = plt.get_cmap("tab10")
     for (kind, name, key, label, scale), ax in zip(panels, axes[0]):
+        shown = []  # (step, value) of every loss point drawn, for the zoom
         for index, (group, run_dirs) in enumerate(groups.items()):
             color = colors(index % 10)
             records = [read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
@@ -176,18 +190,23 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) ->
             curves = [c for c in (_curve(r, kind, key) for r in records) if c[0]]
             for steps, values in curves:
                 ax.plot(steps, [v * scale for v in values], color=color, lw=0.6, alpha=0.35)
+                shown += [(s, v * scale) for s, v in zip(steps, values)]
             steps, values = _mean_curve(curves)
             if steps:
                 ax.plot(steps, [v * scale for v in values], color=color, lw=2,
                         label=f"{group} train (mean of {len(curves)})" if name == "loss" else f"{group}")
             if name == "loss":
-                valid = [c for c in (_curve(r, "valid", lambda r: r.get("loss")) for r in records) if c[0]]
+                valid = [c for c in (_curve(r, "valid", lambda r: r.get("bits_per_base")) for r in records) if c[0]]
                 for i, (v_steps, v_values) in enumerate(valid):
-                    ax.plot(v_steps, [v * scale for v in v_values], "o", color=color, ms=4, mfc="none",
+                    ax.plot(v_steps, v_values, "o", color=color, ms=4, mfc="none",
                             label=f"{group} validation" if i == 0 else None)
+                    shown += list(zip(v_steps, v_values))
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         if name == "loss":
+            zoom = _loss_zoom(shown)
+            if zoom:
+                ax.set_ylim(*zoom)
             ax.axhline(2.0, color="0.6", lw=0.8, ls="--")
             ax.text(ax.get_xlim()[0], 2.0, " 2 bits: independent uniform bases", va="bottom", fontsize=7,
                     color="0.4")

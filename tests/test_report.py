@@ -5,7 +5,7 @@ import pytest
 
 from nucleotron.configs import load_config, to_yaml
 from nucleotron.launch.paper_numbers import REFERENCES, references_for
-from nucleotron.launch.report import main
+from nucleotron.launch.report import _loss_zoom, main
 
 EXPERIMENTS = "configs/experiments/ablations-50b"
 
@@ -93,6 +93,16 @@ def test_plot_writes_a_png(tmp_path):
     run = make_run(tmp_path, "moe-gqa-gengram", "moe-1.2b-gqa.yaml")
     assert main([str(run), "--plot", str(tmp_path / "report.png")]) == 0
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_axis_zooms_past_the_initial_drop():
+    """The first tenth of the steps (the drop from ln(vocab)) is left out of the loss axis; the 2-bit line stays."""
+    points = [(10, 7.0), (100, 2.1), (500, 1.95), (1000, 1.90)]
+    low, high = _loss_zoom(points)
+    assert low < 1.90 < 2.1 < high < 2.2
+    low, high = _loss_zoom([(100, 1.5), (1000, 1.2)])  # every point below 2 bits: the line is still in view
+    assert low < 1.2 and 2.0 < high < 2.1
+    assert _loss_zoom([]) is None
 
 
 def test_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
