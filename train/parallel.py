@@ -34,22 +34,33 @@ def _ranks_from_srun() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
+def rendezvous_environment() -> None:
+    """The variables torch.distributed's env:// reads: torchrun's as they are, srun's mapped (one task per rank), or
+    one process on a free local port."""
+    _ranks_from_srun()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())  # one process: never collide with another run
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+
+
+def share_cores_between_local_ranks() -> None:
+    """CPU mode without OMP_NUM_THREADS: this machine's ranks split its cores instead of each taking all of them."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
 def init_distributed(parallel: ParallelConfig, seed: int) -> None:
     """Start torch.distributed from torchrun's or srun's env (or as one process) and set up TP/PP/EP/CP groups."""
     cpu = apply_cpu_patches()
     if not dist.is_initialized():
-        _ranks_from_srun()
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())  # one process: never collide with another run
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
+        rendezvous_environment()
         if not cpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        elif "OMP_NUM_THREADS" not in os.environ:
-            # CPU mode: share the cores between this machine's ranks instead of oversubscribing them
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        else:
+            share_cores_between_local_ranks()
         dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=10))
     world = dist.get_world_size()
     model_parallel = parallel.tensor * parallel.pipeline * parallel.context

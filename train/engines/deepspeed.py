@@ -17,7 +17,6 @@ import contextlib
 import importlib
 import os
 import re
-import socket
 import warnings
 from datetime import timedelta
 from typing import Dict, Iterator, List, Tuple
@@ -32,6 +31,7 @@ from nucleotron.model.hnet import HNetLM, parameter_groups
 
 from .. import loss as loss_accounting
 from ..loss import LossSums
+from ..parallel import rendezvous_environment, share_cores_between_local_ranks
 from ..safe_load import deepspeed_weights_only_loading
 from ..schedule import cosine_lr
 
@@ -40,25 +40,6 @@ CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes <checkpoint dir>/deepspeed/...
 
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env_for_one_process_or_srun() -> None:
-    """torchrun sets RANK/WORLD_SIZE/...; srun sets SLURM_* (one task per rank); a plain command is one process."""
-    if "RANK" not in os.environ and "SLURM_STEP_NUM_TASKS" in os.environ:
-        os.environ["RANK"] = os.environ["SLURM_PROCID"]
-        os.environ["WORLD_SIZE"] = os.environ["SLURM_STEP_NUM_TASKS"]
-        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
 
 
 class DeepSpeedEngine:
@@ -75,13 +56,12 @@ class DeepSpeedEngine:
     def init_distributed(self) -> None:
         import deepspeed
 
-        _env_for_one_process_or_srun()
+        rendezvous_environment()
         gpu = torch.cuda.is_available()
         if gpu:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        elif "OMP_NUM_THREADS" not in os.environ:  # share the cores between this machine's ranks
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        else:
+            share_cores_between_local_ranks()
         if not gpu:
             # The CPU accelerator's shared-memory all-reduce is a C++ extension compiled on first use (about 30 s on
             # two cores, and a compiler on every node); gloo's all-reduce is enough for CPU runs.
