@@ -17,12 +17,14 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from nucleotron.train.quickstart import usable_cores  # noqa: E402  (imports no kernel)
+
 # pytest-xdist runs one worker per core: each worker (and every process it starts without its own setting) gets its
 # share of the cores. With torch's default of one thread per core in every worker, the busy-waiting OpenMP threads
 # oversubscribed the cores and ran the in-process compute tests several times slower (one: 16 s alone, 94-134 s in CI).
 _XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _XDIST_WORKERS > 1:
-    _THREADS = max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS)
+    _THREADS = max(1, usable_cores() // _XDIST_WORKERS)
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     torch.set_num_threads(_THREADS)
 

@@ -69,9 +69,9 @@ class Trainer:
         sampler = GlobalBatchSampler(self.total_steps * t.global_batch_size, self.state.consumed_samples,
                                      t.micro_batch_size, t.global_batch_size, dp_rank, dp_size)
         self.batches = micro_batches(train_set, sampler, cfg.data.num_workers, cfg.run.seed)
-        self.validator = Validator(
-            build_valid_datasets(self.manifest, t.eval_steps * t.global_batch_size, cache),
-            t.eval_steps * t.global_batch_size, t.micro_batch_size, dp_rank, dp_size)
+        valid_samples = t.eval_steps * t.global_batch_size
+        self.validator = Validator(build_valid_datasets(self.manifest, valid_samples, cache), valid_samples,
+                                   t.micro_batch_size, dp_rank, dp_size)
 
         self.flops_per_token = self.engine.flops_per_token(self.seq_len)
         self.peak = peak_tflops(t.peak_tflops)
