@@ -163,12 +163,14 @@ def _loss_zoom(points: List[Tuple[float, float]]) -> Optional[Tuple[float, float
     return low - margin, high + margin
 
 
-def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) -> None:
+def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False,
+                rulers: Optional[Dict[str, float]] = None) -> None:
     """Learning curves of groups of runs (e.g. one arm over several seeds) in one PNG: training loss (thin line per
     run, bold mean) and validation bits per base (markers, the number `report` and the quickstart print), in bits
     per base, the loss axis zoomed on the steps after the first tenth (the initial drop from ln(vocab) would flatten
-    the rest); with moe, a second panel with the routers' load-balancing loss (aux loss / its coefficient, mean over
-    layers; 1 = balanced)."""
+    the rest); rulers (label -> bits per base, e.g. the quickstart's count-based references on the same validation
+    samples) as dotted lines; with moe, a second panel with the routers' load-balancing loss (aux loss / its
+    coefficient, mean over layers; 1 = balanced)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -204,6 +206,11 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False) ->
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         if name == "loss":
+            for label_, bits in (rulers or {}).items():
+                ax.axhline(bits, color="0.35", lw=0.8, ls=":")
+                ax.text(ax.get_xlim()[1], bits, f"{label_} {bits:.3f} ", ha="right", va="bottom", fontsize=7,
+                        color="0.3")
+                shown.append((max((s for s, _ in shown), default=0), bits))
             zoom = _loss_zoom(shown)
             if zoom:
                 ax.set_ylim(*zoom)

@@ -42,19 +42,20 @@ def _train_throughput():
 
 def test_genome_references_against_sequences_of_known_entropy(tmp_path):
     """Order 0 of uniform random bases is 2 bits; an order-12 model of a repeated 97-mer predicts a held-out copy
-    of it almost exactly, an order-3 model of it does not (its 3-mers recur); N-holding contexts are not scored."""
+    of it almost exactly, an order-3 model of it does not (its 3-mers recur); the script's FASTA and pack modes."""
     refs = _benchmark("genome_references")
     rng = np.random.default_rng(0)
     uniform = refs.encode(rng.choice(list(b"ACGT"), 200_000).astype(np.uint8).tobytes())
-    assert refs.markov_bits([uniform], [uniform[:50_000]], 0, 1.0) == pytest.approx(2.0, abs=0.01)
+    assert refs.markov_bits([uniform], [uniform[:50_000]], [(0, 1.0)])[0] == pytest.approx(2.0, abs=0.01)
     unit = rng.choice(list(b"ACGT"), 97).astype(np.uint8).tobytes()
     repeat = refs.encode(unit * 300)
     held_out = refs.encode(unit.lower() * 20)  # soft-masked copies read as upper case
-    assert refs.markov_bits([repeat], [held_out], 12, 1.0) < 0.01
-    assert refs.markov_bits([repeat], [held_out], 3, 1.0) > 0.1
-    with_n = refs.encode(b"ACGTN" + b"ACGT" * 10)
-    codes, ends = refs.context_codes(with_n, 4)
-    assert ends[0] == 9 and len(codes) == len(with_n) - 9  # windows t-4..t that hold the N at 4 are skipped
+    bits = refs.markov_bits([repeat], [held_out], [(3, 1.0), (12, 1.0)])
+    assert bits[12] < 0.02 and bits[3] > 0.1
+    assert list(refs.encode(b"ACGTNRacgt")) == [0, 1, 2, 3, -1, -1, 0, 1, 2, 3]
+    gapped = refs.encode(b"N" * 50 + unit.lower() * 20)  # an assembly gap: not scored, no context across it
+    assert refs.markov_bits([repeat], [gapped], [(12, 1.0)])[12] == pytest.approx(
+        refs.markov_bits([repeat], [held_out], [(12, 1.0)])[12])
 
     fasta = tmp_path / "fa"
     fasta.mkdir()
@@ -65,6 +66,9 @@ def test_genome_references_against_sequences_of_known_entropy(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {int(line.split()[0]): float(line.split()[2]) for line in proc.stdout.splitlines()[2:]}
     assert set(rows) == {0, 12} and rows[12] < 0.05 < rows[0]
+    proc = warm_python.run([sys.executable, os.path.join(ROOT, "benchmarks", "genome_references.py"), str(fasta),
+                            "--orders", "6"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--orders '6': expected order:alpha pairs" in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["MoE-1.2B", "Dense-0.3B"])

@@ -58,9 +58,35 @@ def test_quickstart_preps_trains_both_arms_and_reports_over_seeds(tmp_path):
         assert f"{arm:<10} {2:>5}  {spread}" in table
     deltas = [g["loss"] - b["loss"] for b, g in zip(finals["baseline"], finals["gengram"])]
     assert f"per seed: {deltas[0]:+.4f}, {deltas[1]:+.4f}" in table
+    _check_order_zero_reference(out / "packs" / "seq128", table, tmp_path / "cache")
     plot = out / "quickstart-curves.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"learning curves: {plot}" in table
     assert "W&B offline logs" in table and "nucleotron analyze gengram" in table
+
+
+def _check_order_zero_reference(pack, table, cache):
+    """The printed order-0 reference, by hand: the training split's base composition (add-one smoothed, then
+    add-1 toward itself) scored on the validation samples the trainer scores, EOD targets excluded."""
+    import numpy as np
+
+    from nucleotron.data_prep.manifest import load_manifest
+    from nucleotron.train.data import build_valid_datasets
+
+    printed = re.search(r"count-based references on the same samples.*: order 0 \(base composition\) ([0-9.]+), "
+                        r"order 3 ([0-9.]+), order 6 ([0-9.]+), order 12 ([0-9.]+)", table)
+    assert printed, table
+    manifest = load_manifest(str(pack))
+    symbols = [manifest.vocab[s] for s in "ACGTN"]
+    training = np.concatenate([np.fromfile(pack / f"{group}_train.bin", dtype=np.uint8)
+                               for group in ("human", "nonhuman")])
+    counts = np.array([(training == s).sum() for s in symbols], dtype=float)
+    p = (counts + (counts + 1) / (counts.sum() + 5)) / (counts.sum() + 1)
+    bits = []
+    for dataset in build_valid_datasets(manifest, 128, str(cache)).values():
+        for index in range(128):
+            labels = dataset[index]["labels"].numpy()
+            bits += [-np.log2(p[symbols.index(int(t))]) for t in labels if t != manifest.eod]
+    assert float(printed.group(1)) == pytest.approx(np.mean(bits), abs=5e-5)
 
 
 def _revcomp(seq: str) -> str:

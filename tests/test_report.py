@@ -95,6 +95,26 @@ def test_plot_writes_a_png(tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rulers_are_drawn_in_view_with_their_labels(tmp_path, monkeypatch):
+    """The quickstart's count-based references: a dotted line each, labelled with its value, inside the zoom."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from nucleotron.launch.report import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    run = make_run(tmp_path, "r", "moe-1.2b-gqa.yaml", valid_losses=(1.40, 1.35, 1.33))
+    plot_curves({"arm": [run]}, tmp_path / "c.png", rulers={"order-0 Markov": 1.97, "order-12 Markov": 1.5})
+    ax = figures[0].axes[0]
+    low, high = ax.get_ylim()
+    assert low < 1.5 and 2.0 < high
+    dotted = sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+    assert dotted == [1.5, 1.97]
+    assert {"order-0 Markov 1.970 ", "order-12 Markov 1.500 "} <= {t.get_text() for t in ax.texts}
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_loss_axis_zooms_past_the_initial_drop():
     """The first tenth of the steps (the drop from ln(vocab)) is left out of the loss axis; the 2-bit line stays."""
     points = [(10, 7.0), (100, 2.1), (500, 1.95), (1000, 1.90)]

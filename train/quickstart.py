@@ -10,7 +10,9 @@
    --jobs of them at a time (default: one per usable core), each with its share of the cores as OMP_NUM_THREADS
    and its output in <run dir>/train.log;
 4. prints the held-out loss and bits/base of both arms as mean and spread over seeds, the per-seed difference, and
-   draws the learning curves of both arms into one PNG (with --moe also the routers' load-balancing loss).
+   count-based Markov references on the same validation samples (order 0: base composition alone; order 12:
+   memory of the training chromosomes' repeats), and draws the learning curves of both arms with those references
+   into one PNG (with --moe also the routers' load-balancing loss).
 
 Each step is the command a user would type, printed before it runs; re-running the quickstart reuses the pack and
 resumes (or just reports) finished runs.
@@ -204,6 +206,19 @@ def summary_table(results: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
+def count_references(pack: Path, config: Path) -> Dict[int, float]:
+    """{order: bits per base} of Markov references on the validation samples the trainings score (the config's
+    eval_steps x global_batch_size per group): the rulers the quickstart's numbers are read against."""
+    import tempfile
+
+    from nucleotron.configs import load_config
+    from nucleotron.train.count_reference import pack_references
+
+    train = load_config(config).train
+    with tempfile.TemporaryDirectory() as cache:
+        return pack_references(str(pack), train.eval_steps * train.global_batch_size, cache)
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nucleotron quickstart",
@@ -233,6 +248,7 @@ def main(argv: List[str]) -> int:
     from nucleotron.configs import load_config
     from nucleotron.launch.plot import PlotError
     from nucleotron.launch.report import plot_curves
+    from nucleotron.train.count_reference import describe
 
     preset = "quickstart-moe" if args.moe else "quickstart"
     config = CONFIG_ROOT / "experiments" / f"{preset}.yaml"
@@ -262,14 +278,17 @@ def main(argv: List[str]) -> int:
     train_all(trainings, *plan_jobs(args.jobs, len(trainings), usable_cores()))
 
     results = {arm: [_final_validation(d) for d in dirs] for arm, dirs in runs.items()}
+    references = count_references(pack, config)
     plot = out / f"{preset}-curves.png"
     try:
-        plot_curves(runs, plot, moe=args.moe)
+        plot_curves(runs, plot, moe=args.moe, rulers={f"order-{k} Markov": v for k, v in references.items()})
     except PlotError as err:
         raise SystemExit(f"nucleotron quickstart: {err}") from None
     print(f"\nvalidation after {steps} steps (chr5 of both synthetic species, held out), "
           f"mean ± std [min, max] over {args.seeds} seed(s):")
     print(summary_table(results))
+    print(f"count-based references on the same samples, fitted to the training chromosomes (bits/base): "
+          f"{describe(references)}")
     print(f"\nlearning curves{' and MoE load balance' if args.moe else ''}: {plot}")
     print(f"runs: {out / 'runs' / preset}/{{baseline,gengram}}-seed* (config.yaml, metrics.jsonl, checkpoints/)")
     if args.wandb == "offline":
