@@ -1,5 +1,6 @@
-"""`nucleotron analyze gengram` on a small model trained with the quickstart's config on a genome with a planted
-motif: the gate opens more at the motif than in the background, and the plots and tables are written."""
+"""`nucleotron analyze gengram` on a small model trained with the quickstart's config on the synthetic genome with a
+planted motif: the gate opens at the genome's own low-complexity motifs (poly-A/T tracts, microsatellites) more than
+in the background, the planted motif's contrast is measured and reported, and the plots and tables are written."""
 import csv
 import json
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleotron.data_prep.genome_sim import plant, simulate_species
+from nucleotron.data_prep.genome_sim import gff3, plant, simulate_species
 from nucleotron.data_prep.synthetic import write_fasta
 from nucleotron.infer.analyze import AnalyzeError, feature_contrast, kmer_of, parse_region, read_gff
 from nucleotron.kernels.reference import kmer_ids
@@ -16,8 +17,9 @@ from nucleotron.kernels.reference import kmer_ids
 import warm_python
 from train_runs import REPO, training_env
 
-MOTIF = b"TTGACGGCTATA"  # planted on both strands (alternating), about every 40 bases
+MOTIF = b"TTGACGGCTATA"  # planted on both strands (alternating), about every 200 bases
 CLI = [sys.executable, "-m", "nucleotron.launch.cli"]
+REGION_END = 20_000  # all of chr2, the held-out chromosome
 
 
 def _run(*args):
@@ -30,47 +32,57 @@ def _run(*args):
 def analysed(tmp_path_factory):
     root = tmp_path_factory.mktemp("analyze")
     rng = np.random.default_rng(5)
-    first, second, _ = simulate_species(7, {"chr1": 60_000, "chr2": 8_000})
+    first, second, annotation = simulate_species(7, {"chr1": 60_000, "chr2": REGION_END})
     genomes, motifs = [], []
     for genome in (first, second):
         planted = {}
         for name, seq in genome.items():
-            planted[name], starts = plant(seq, MOTIF, 40, rng)
+            planted[name], starts = plant(seq, MOTIF, 200, rng)
             if genome is first and name == "chr2":
                 motifs = starts
         genomes.append(planted)
     write_fasta(str(root / "human.fa"), genomes[0].items())
     write_fasta(str(root / "chimp.fa"), genomes[1].items())
     (root / "sources.tsv").write_text("path\tgroup\tassembly\nhuman.fa\thuman\ths\nchimp.fa\tnonhuman\tpt\n")
-    region_end = 3000
-    gff = root / "motifs.gff3"
-    gff.write_text("##gff-version 3\n" + "".join(
+    gff = root / "chr2.gff3"  # the genome's own features on chr2, then the planted motifs
+    gff.write_text(gff3({"chr2": annotation["chr2"]}) + "".join(
         f"chr2\tplanted\tmotif\t{s + 1}\t{s + len(MOTIF)}\t.\t{'+' if i % 2 == 0 else '-'}\t.\tID=m{i}\n"
-        for i, s in enumerate(motifs) if s + len(MOTIF) <= region_end))
+        for i, s in enumerate(motifs) if s + len(MOTIF) <= REGION_END))
     _run("data", "prep", "--sources", str(root / "sources.tsv"), "--seq-len", "128", "--out", str(root / "pack"),
          "--valid-chroms", "chr2", "--no-progress")
     run_dir = root / "run"
     _run("train", "--config", str(REPO / "configs" / "experiments" / "quickstart.yaml"), f"data.packs={root / 'pack'}",
-         f"run.dir={run_dir}", "train.max_steps=40", "train.global_batch_size=8", "train.micro_batch_size=8",
-         "train.eval_every=40", "train.eval_steps=1", "checkpoint.every=40", "train.log_every=20")
+         f"run.dir={run_dir}", "run.seed=1", "train.max_steps=100", "train.global_batch_size=8",
+         "train.micro_batch_size=8", "train.eval_every=100", "train.eval_steps=1", "checkpoint.every=100",
+         "train.log_every=50")
     out = root / "analysis"
     result = _run("analyze", "gengram", str(run_dir), "--fasta", str(root / "human.fa"),
-                  "--region", f"chr2:1-{region_end}", "--annotation", str(gff), "--out", str(out))
-    return {"out": out, "gff": gff, "stdout": result.stdout, "region_end": region_end}
+                  "--region", f"chr2:1-{REGION_END}", "--annotation", str(gff), "--out", str(out))
+    return {"out": out, "gff": gff, "stdout": result.stdout, "region_end": REGION_END}
+
+
+def _contrasts(analysed):
+    return json.loads((analysed["out"] / "summary.json").read_text())["layers"]["layer3"]["alpha_by_feature"]
+
+
+def test_gate_opens_at_low_complexity_motifs(analysed):
+    """The paper's reading of the gate (open at motifs such as poly-T, shut in background), on the genome's own
+    poly-A/T tracts and microsatellites, base for base (an A in a poly-A tract against an A in background). Measured
+    with this fixture at run.seed 1, 2, 3 (benchmarks/results/quickstart-cpu.md, stop 24): poly-A/T +0.37, +0.35,
+    +0.26 and microsatellites +0.26, +0.21, +0.28 after 100 steps (+0.03 to +0.09 already after 40)."""
+    contrasts = _contrasts(analysed)
+    for kind in ("low_complexity", "microsatellite"):
+        assert contrasts[kind]["positions_inside"] >= 100 and contrasts[kind]["contrast_same_base"] > 0.05, kind
 
 
 def test_gate_contrast_at_the_planted_motif_is_measured_and_reported(analysed):
-    """The gate at the motif against background positions holding the same base. Its sign is not asserted because
-    no sign holds at this scale (benchmarks/results/quickstart-cpu.md, stop 23, this fixture's genome with the
-    quickstart config's init_std 0.05 and lr 1e-3): 40 steps at run.seed 1, 2, 3 gave contrasts +0.005, -0.003,
-    -0.000 (same base +0.011, +0.008, +0.011); 200 steps gave -0.040, -0.030, -0.154 (same base -0.043, -0.039,
-    -0.163): the gate closes at a motif planted every 40 bases, the opposite of the paper's "gate opens at motifs",
-    and with the motif every 200 bases the sign changes with the seed. So the fixture trains 40 steps, and what is
-    tested is that analyze measures the contrast and reports it (the numbers are checked against the TSV and a hand
-    count below)."""
-    summary = json.loads((analysed["out"] / "summary.json").read_text())
-    motif = summary["layers"]["layer3"]["alpha_by_feature"]["motif"]
-    assert motif["positions_inside"] > 500 and motif["positions_outside"] > 1500
+    """The gate at the planted 12-mer against background positions holding the same base. Its sign is not asserted
+    because none holds at this scale: with this fixture at run.seed 1, 2, 3 the same-base contrast was +0.031,
+    +0.026, +0.031 after 40 steps and +0.020, -0.019, +0.027 after 100; with the motif every 40 bases (stop 23) the
+    gate closed there after 200 steps (-0.03 to -0.15). What is tested is that analyze measures the contrast and
+    reports it (the numbers are checked against the TSV and a hand count below)."""
+    motif = _contrasts(analysed)["motif"]
+    assert motif["positions_inside"] > 1000 and motif["positions_outside"] > 1000
     assert (f"gate at motif {motif['inside']:.4f} vs background {motif['outside']:.4f} ({motif['contrast']:+.4f}, "
             f"same base {motif['contrast_same_base']:+.4f})") in analysed["stdout"]
 
@@ -81,14 +93,16 @@ def test_tracks_tsv_holds_every_position_and_agrees_with_the_summary(analysed):
     assert [int(r["pos"]) for r in rows] == list(range(1, analysed["region_end"] + 1))
     alpha = np.array([float(r["alpha_L3"]) for r in rows])
     assert ((alpha > 0) & (alpha < 1)).all() and all(float(r["ynorm_L3"]) >= 0 for r in rows)
-    inside = np.zeros(len(rows), bool)
+    inside, covered = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
     for line in analysed["gff"].read_text().splitlines()[1:]:
-        start, end = (int(x) for x in line.split("\t")[3:5])
-        inside[start - 1:end] = True
-        assert "".join(r["base"] for r in rows[start - 1:end]).upper() in (MOTIF.decode(), _rc(MOTIF))
-    motif = json.loads((analysed["out"] / "summary.json").read_text())["layers"]["layer3"]["alpha_by_feature"]["motif"]
+        kind, start, end = line.split("\t")[2], *(int(x) for x in line.split("\t")[3:5])
+        covered[start - 1:end] = True
+        if kind == "motif":
+            inside[start - 1:end] = True
+            assert "".join(r["base"] for r in rows[start - 1:end]).upper() in (MOTIF.decode(), _rc(MOTIF))
+    motif = _contrasts(analysed)["motif"]
     assert motif["inside"] == pytest.approx(alpha[inside].mean(), abs=1e-5)
-    assert motif["outside"] == pytest.approx(alpha[~inside].mean(), abs=1e-5)
+    assert motif["outside"] == pytest.approx(alpha[~covered].mean(), abs=1e-5)  # background: outside every feature
 
 
 def test_plots_and_table_reports_are_written(analysed):
