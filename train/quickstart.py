@@ -295,7 +295,7 @@ def main(argv: List[str]) -> int:
         print(f"W&B offline logs: {out / 'runs' / preset}/*/wandb (upload later with `wandb sync <dir>`)")
     fasta = out / "fasta"
     print(f"inside the Gengram model: nucleotron analyze gengram {runs['gengram'][0]} --fasta {fasta / 'human.fa'} "
-          f"--annotation {fasta / 'human.gff3'} --region chr5:1-5000")
+          f"--annotation {fasta / 'human.gff3'} --region chr5:1-50000")
     print("next: real data with `nucleotron data fetch` / `data prep`, a paper config from configs/models/, "
           "and `nucleotron launch slurm` (see README)")
     return 0
