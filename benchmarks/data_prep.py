@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from nucleotron.configs.cores import usable_cores
 from nucleotron.data_prep.synthetic import random_contig, wrap
 
 
@@ -121,7 +122,7 @@ def main() -> int:
     parser.add_argument("--size", type=float, default=200.0, help="genome size in Mb (default 200)")
     parser.add_argument("--contig", type=float, default=25.0, help="contig size in Mb (default 25)")
     parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: all cores)")
+    parser.add_argument("--workers", type=int, default=usable_cores(), help="N (default: all usable cores)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration (default 3)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed after)")
     args = parser.parse_args()

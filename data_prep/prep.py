@@ -12,6 +12,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nucleotron.configs.cores import usable_cores
+
 from .chroms import SPLITS, SplitRule, chromosome_of, read_chrom_map
 from .errors import DataPrepError, os_error
 from .fasta import Record
@@ -68,7 +70,7 @@ def run_prep(opts: PrepOptions) -> dict:
     out = os.path.abspath(opts.out)
     if opts.workers is not None and opts.workers < 1:
         raise DataPrepError(f"--workers {opts.workers} must be at least 1 (leave it out to use all "
-                            f"{os.cpu_count() or 1} cores)")
+                            f"{usable_cores()} usable cores)")
     rules = rules_of(opts)
     weights = DEFAULT if opts.group_weights is None else declare(opts.group_weights)
     sources = read_sources(opts.sources, weights)
@@ -98,7 +100,7 @@ def _prep_locked(opts: PrepOptions, out: str, rules: FragmentRules, sources: Lis
             raise DataPrepError(f"--gene-window needs an 'annotation' column value for every source; missing for "
                                 f"{missing[0]} (and {len(missing) - 1} more)")
     chrom_maps = {i: read_chrom_map(s.chrom_map) for i, s in enumerate(sources) if s.chrom_map}
-    workers = opts.workers or os.cpu_count() or 1
+    workers = opts.workers or usable_cores()
     settings = [RECORD_VERSION, asdict(rules), opts.gene_window, opts.soft_mask]
     fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     job_dir = os.path.join(os.path.abspath(opts.work_dir or out + ".work"), fingerprint[:16])

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nucleotron.configs.cores import usable_cores
+
 from .errors import DataPrepError
 from .manifest import load_manifest
 from .writer import DTYPE_CODE_UINT8, INDEX_HEADER, INDEX_VERSION
@@ -69,7 +71,7 @@ def integrity_entry(directory: str, names: List[str]) -> dict:
         path = os.path.join(directory, name)
         return {"bytes": os.path.getsize(path), "sha256": full_sha256(path), "sampled_sha256": sampled_sha256(path)}
 
-    with ThreadPoolExecutor(max(1, min(len(names), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(names), usable_cores()))) as pool:
         entries = dict(zip(names, pool.map(one, names)))
     return {"block_bytes": BLOCK_BYTES, "blocks": BLOCKS,
             "rule": "sampled_sha256 = sha256(file size as 8 bytes little-endian, then `blocks` blocks of "

@@ -17,7 +17,7 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from nucleotron.train.quickstart import usable_cores  # noqa: E402  (imports no kernel)
+from nucleotron.configs.cores import usable_cores  # noqa: E402
 
 # pytest-xdist runs one worker per core: each worker (and every process it starts without its own setting) gets its
 # share of the cores. With torch's default of one thread per core in every worker, the busy-waiting OpenMP threads

@@ -294,6 +294,15 @@ def test_workers_below_one_is_an_error(built, tmp_path, capsys, workers):
     assert f"error: --workers {workers} must be at least 1 (leave it out to use all" in capsys.readouterr().err
 
 
+def test_default_workers_are_the_cores_this_process_may_use(built, tmp_path, capsys, monkeypatch):
+    """A Slurm job given 1 core of a 64-core node: one worker, not 64 (the affinity mask, not os.cpu_count)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert data_main(["prep", "--sources", str(built / "sources.tsv"), "--seq-len", "1024", "--out",
+                      str(tmp_path / "pack"), "--no-progress"]) == 0
+    assert "source file(s) with 1 worker(s)" in capsys.readouterr().err
+
+
 def test_utf8_byte_order_mark_is_skipped(built, tmp_path):
     tsv = make_sources(tmp_path)
     tsv.write_bytes(b"\xef\xbb\xbf" + tsv.read_bytes())

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from nucleotron.configs import NucleotronConfig, ParallelConfig
+from nucleotron.configs.cores import usable_cores
 
 from .cpu_mode import apply_cpu_patches
 
@@ -46,10 +47,11 @@ def rendezvous_environment() -> None:
 
 
 def share_cores_between_local_ranks() -> None:
-    """CPU mode without OMP_NUM_THREADS: this machine's ranks split its cores instead of each taking all of them."""
+    """CPU mode without OMP_NUM_THREADS: this machine's ranks split the cores they may use (the affinity mask: a
+    Slurm job's share of the node) instead of each taking all of them."""
     if "OMP_NUM_THREADS" not in os.environ:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        torch.set_num_threads(max(1, usable_cores() // max(1, local)))
 
 
 def init_distributed(parallel: ParallelConfig, seed: int) -> None:

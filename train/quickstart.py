@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nucleotron.configs import CONFIG_ROOT
+from nucleotron.configs.cores import usable_cores
 from nucleotron.configs.files import write_atomic
 
 ARMS = {"baseline": ["model.gengram.layers=[]"], "gengram": []}
@@ -83,14 +84,6 @@ class TrainingRun:
     @property
     def log(self) -> Path:
         return self.run_dir / "train.log"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def plan_jobs(requested: Optional[int], runs: int, cores: int) -> "tuple[int, int]":
