@@ -166,9 +166,9 @@ def _loss_zoom(points: List[Tuple[float, float]]) -> Optional[Tuple[float, float
 def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False,
                 rulers: Optional[Dict[str, float]] = None) -> None:
     """Learning curves of groups of runs (e.g. one arm over several seeds) in one PNG: training loss (thin line per
-    run, bold mean) and validation bits per base (markers, the number `report` and the quickstart print), in bits
-    per base, the loss axis zoomed on the steps after the first tenth (the initial drop from ln(vocab) would flatten
-    the rest); rulers (label -> bits per base, e.g. the quickstart's count-based references on the same validation
+    run, bold mean; in bits per token, EOD targets included, so a little above bits per base) and validation bits
+    per base (markers, the number `report` and the quickstart print), the loss axis zoomed on the steps after the
+    first tenth (the initial drop from ln(vocab) would flatten the rest); rulers (label -> bits per base, e.g. the quickstart's count-based references on the same validation
     samples) as dotted lines; with moe, a second panel with the routers' load-balancing loss (aux loss / its
     coefficient, mean over layers; 1 = balanced)."""
     try:
@@ -178,7 +178,8 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False,
     except ImportError:
         raise PlotError("the learning-curve plot needs matplotlib: pip install matplotlib") from None
     to_bits = 1 / math.log(2)
-    panels = [("train", "loss", lambda r: r.get("loss"), "loss (bits/base)", to_bits)]
+    panels = [("train", "loss", lambda r: r.get("loss"), "bits/base (train lines: per token, EOD included)",
+               to_bits)]
     if moe:
         panels.append(("train", "moe", _mean_over_layers("moe/aux_loss/"), "load-balancing loss (1 = balanced)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
