@@ -168,9 +168,9 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False,
     """Learning curves of groups of runs (e.g. one arm over several seeds) in one PNG: training loss (thin line per
     run, bold mean; in bits per token, EOD targets included, so a little above bits per base) and validation bits
     per base (markers, the number `report` and the quickstart print), the loss axis zoomed on the steps after the
-    first tenth (the initial drop from ln(vocab) would flatten the rest); rulers (label -> bits per base, e.g. the quickstart's count-based references on the same validation
-    samples) as dotted lines; with moe, a second panel with the routers' load-balancing loss (aux loss / its
-    coefficient, mean over layers; 1 = balanced)."""
+    first tenth (the initial drop from ln(vocab) would flatten the rest); rulers (label -> bits per base, e.g. the
+    quickstart's count-based references on the same validation samples) as dotted lines; with moe, a second panel
+    with the routers' load-balancing loss (aux loss / its coefficient, mean over layers; 1 = balanced)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
