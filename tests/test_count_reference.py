@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from nucleotron.train.count_reference import BREAK, ContextCounts, symbol_codes, validation_bits_per_base
+from nucleotron.train.count_reference import (BREAK, ContextCounts, pack_training_codes, symbol_codes,
+                                              validation_bits_per_base)
 
 
 def _entropy(p):
@@ -109,3 +110,14 @@ def test_validation_scores_the_trainers_targets_one_sample_at_a_time():
     datasets["human"][0]["labels"][2] = 0  # PAD as a counted target: the references cannot score it
     with pytest.raises(ValueError, match="group 'human' is neither a base nor EOD"):
         validation_bits_per_base(datasets, 1, manifest, counts, [(0, 1.0)])
+
+
+def test_a_pack_too_big_to_count_in_memory_is_refused(tmp_path):
+    vocab = {"A": 8, "C": 5, "G": 6, "T": 7, "N": 9, "EOD": 12}
+    np.array([8, 5, 6, 12, 7, 9], dtype=np.uint8).tofile(tmp_path / "human_train.bin")
+    manifest = SimpleNamespace(vocab=vocab, soft_mask_bit=None, eod=12, directory=str(tmp_path),
+                               raw={"dtype": "uint8"},
+                               blend_paths=lambda split: ([str(tmp_path / "human_train")], [1.0]))
+    assert [list(c) for c in pack_training_codes(manifest)] == [[0, 1, 2, BREAK, 3, 4]]
+    with pytest.raises(ValueError, match=r"the train split holds 6 tokens; .* stop at 5 \(score a few"):
+        pack_training_codes(manifest, max_tokens=5)

@@ -123,11 +123,20 @@ class ContextCounts:
         return -np.log2(p)
 
 
-def pack_training_codes(manifest) -> List[np.ndarray]:
-    """The symbol codes of every training dataset of a pack (the .bin token files of its train split)."""
+MAX_TRAINING_TOKENS = 20_000_000  # the counts hold ~150 bytes per training token at order 12
+
+
+def pack_training_codes(manifest, max_tokens: int = MAX_TRAINING_TOKENS) -> List[np.ndarray]:
+    """The symbol codes of every training dataset of a pack (the .bin token files of its train split), all in
+    memory: a pack past max_tokens is refused rather than exhausting the machine."""
     lut = symbol_codes(manifest.vocab, manifest.soft_mask_bit)
-    dtype = np.dtype(manifest.raw.get("dtype", "uint16"))
+    dtype = np.dtype(manifest.raw["dtype"])
     prefixes, _ = manifest.blend_paths("train")
+    total = sum(os.path.getsize(f"{prefix}.bin") for prefix in prefixes) // dtype.itemsize
+    if total > max_tokens:
+        raise ValueError(f"{manifest.directory}: the train split holds {total:,} tokens; the count-based references "
+                         f"hold them all in memory and stop at {max_tokens:,} (score a few chromosomes' FASTA with "
+                         "benchmarks/genome_references.py instead)")
     return [lut[np.fromfile(f"{prefix}.bin", dtype=dtype)] for prefix in prefixes]
 
 
