@@ -152,13 +152,15 @@ def _mean_curve(curves: List[Tuple[List[int], List[float]]]) -> Tuple[List[int],
     return common, [sum(c[s] for c in by_step) / len(by_step) for s in common]
 
 
-def _loss_zoom(points: List[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
-    """(bottom, top) holding every point after the first tenth of the steps and the 2-bit line, with a margin."""
+def _loss_zoom(points: List[Tuple[float, float]], always: Tuple[float, ...] = (2.0,)
+               ) -> Optional[Tuple[float, float]]:
+    """(bottom, top) holding every point after the first tenth of the steps and the `always` lines (the 2-bit
+    line, rulers), with a margin."""
     if not points:
         return None
     last = max(step for step, _ in points)
     later = [value for step, value in points if step >= 0.1 * last] or [value for _, value in points]
-    low, high = min(later + [2.0]), max(later + [2.0])
+    low, high = min(later + list(always)), max(later + list(always))
     margin = 0.05 * (high - low) or 0.01
     return low - margin, high + margin
 
@@ -211,8 +213,7 @@ def plot_curves(groups: Dict[str, List[Path]], path: Path, moe: bool = False,
                 ax.axhline(bits, color="0.35", lw=0.8, ls=":")
                 ax.text(ax.get_xlim()[1], bits, f"{label_} {bits:.3f} ", ha="right", va="bottom", fontsize=7,
                         color="0.3")
-                shown.append((max((s for s, _ in shown), default=0), bits))
-            zoom = _loss_zoom(shown)
+            zoom = _loss_zoom(shown, always=(2.0, *(rulers or {}).values()))
             if zoom:
                 ax.set_ylim(*zoom)
             ax.axhline(2.0, color="0.6", lw=0.8, ls="--")
